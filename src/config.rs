@@ -1,0 +1,670 @@
+//! Configuration: the command line (`Cli`, parsed by clap) and the validated runtime [`Config`]
+//! every worker reads.
+//!
+//! Two layers, as in the house style: `Cli` holds raw flag values exactly as the user typed them;
+//! `Config::try_from(Cli)` checks every rule once (URL shape, allowlist syntax, readable CA file,
+//! non-zero limits) and produces durations, a compiled allowlist and a parsed origin. Each
+//! failure is one line that names the flag, so a bad start-up never prints a wall of text.
+//!
+//! Not here: resolving the origin's address and loading TLS roots into rustls happen in
+//! `upstream` (still at start-up, never on an I/O thread).
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::routing::Allowlist;
+
+/// Default `--max-head-bytes`: 16 KiB, the issue's default and nginx's `large_client_header_buffers`
+/// order of magnitude. Bigger heads answer 431.
+pub const DEFAULT_MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Hard ceiling for `--max-head-bytes` (1 MiB): head offsets are stored as `u32`, and a head this
+/// large is an attack, not a request.
+pub const MAX_HEAD_BYTES_CEILING: usize = 1024 * 1024;
+
+/// The command line. Flag names of the original Go proxy (`-t`, `--paths`, `-p`, `-o`,
+/// `--ingress-request-timeout-ms`) keep their meaning: sluice is a drop-in replacement.
+#[derive(Parser, Debug)]
+#[command(
+    name = "sluice",
+    version,
+    about = "A per-core HTTP/1.1 gateway for slow, flaky, rate-limited APIs: forwards an allowlist of \
+             paths to one origin, injecting the API token.",
+    after_help = "Example:\n  sluice -t $TOKEN --paths \"/crypto/sign,/crypto/verify\" -p 8080 -o https://api.example.com"
+)]
+pub struct Cli {
+    /// API token sent upstream as the exact `Authorization` header value (replaces any
+    /// client-supplied Authorization). Prefer the SLUICE_TOKEN environment variable so the token
+    /// does not show in `ps`.
+    #[arg(
+        short = 't',
+        long = "token",
+        env = "SLUICE_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: String,
+
+    /// Comma-separated allowlist of paths to forward, e.g. "/crypto/sign,/crypto/verify". Exact
+    /// match on the decoded path; a trailing "/*" makes a prefix ("/v1/*" forwards "/v1/...").
+    /// Everything else answers 404.
+    #[arg(long = "paths")]
+    pub paths: String,
+
+    /// Port to listen on (0 picks a free port, printed at start-up).
+    #[arg(short = 'p', long = "port", default_value_t = 8080)]
+    pub port: u16,
+
+    /// Origin URL, http:// or https://. A path in it is prepended to every forwarded path.
+    #[arg(short = 'o', long = "origin")]
+    pub origin: String,
+
+    /// Deadline for answering a caller (rate-limit wait plus upstream call), in milliseconds.
+    /// Accepted now; the job executor uses it.
+    #[arg(long = "ingress-request-timeout-ms", default_value_t = 2000)]
+    pub ingress_request_timeout_ms: u64,
+
+    /// Address to listen on.
+    #[arg(long = "listen", default_value = "0.0.0.0")]
+    pub listen: String,
+
+    /// Worker threads, one monoio runtime each, pinned round-robin to the CPUs this process may
+    /// run on. Default: the number of those CPUs.
+    #[arg(long = "workers")]
+    pub workers: Option<usize>,
+
+    /// PEM file with extra trust roots for the origin's certificate (private CAs). The public
+    /// web PKI roots (webpki-roots) are always trusted too.
+    #[arg(long = "ca-file")]
+    pub ca_file: Option<PathBuf>,
+
+    /// Timeout for connecting to the origin (TCP plus TLS handshake), in milliseconds. Expiry
+    /// answers 504.
+    #[arg(long = "upstream-connect-timeout-ms", default_value_t = 3000)]
+    pub upstream_connect_timeout_ms: u64,
+
+    /// Timeout for the origin's response head after the request was sent, in milliseconds.
+    /// Expiry answers 504.
+    #[arg(long = "upstream-response-timeout-ms", default_value_t = 30_000)]
+    pub upstream_response_timeout_ms: u64,
+
+    /// Timeout between two reads of the origin's response body, in milliseconds.
+    #[arg(long = "upstream-read-timeout-ms", default_value_t = 30_000)]
+    pub upstream_read_timeout_ms: u64,
+
+    /// How long an idle keep-alive connection to the origin stays pooled, in milliseconds. Keep
+    /// it below the origin's own idle timeout (many servers use 5 s).
+    #[arg(long = "upstream-idle-timeout-ms", default_value_t = 4000)]
+    pub upstream_idle_timeout_ms: u64,
+
+    /// Idle keep-alive connections to the origin kept per worker.
+    #[arg(long = "upstream-max-idle", default_value_t = 64)]
+    pub upstream_max_idle: usize,
+
+    /// Time a client has to send a complete request head once it started one, in milliseconds.
+    /// Expiry answers 408 and closes.
+    #[arg(long = "client-header-timeout-ms", default_value_t = 10_000)]
+    pub client_header_timeout_ms: u64,
+
+    /// How long an idle keep-alive client connection stays open, in milliseconds.
+    #[arg(long = "client-idle-timeout-ms", default_value_t = 60_000)]
+    pub client_idle_timeout_ms: u64,
+
+    /// Timeout between two reads of a client's request body, in milliseconds.
+    #[arg(long = "client-body-timeout-ms", default_value_t = 10_000)]
+    pub client_body_timeout_ms: u64,
+
+    /// Largest request head (request line plus headers) in bytes; bigger answers 431.
+    #[arg(long = "max-head-bytes", default_value_t = DEFAULT_MAX_HEAD_BYTES)]
+    pub max_head_bytes: usize,
+
+    /// Most header fields in a request or response head; more answers 431 (502 upstream).
+    #[arg(long = "max-headers", default_value_t = 100)]
+    pub max_headers: usize,
+
+    /// Largest request body in bytes; bigger answers 413.
+    #[arg(long = "max-request-body-bytes", default_value_t = 1024 * 1024)]
+    pub max_request_body_bytes: u64,
+
+    /// Least severe log level printed on stderr: error, warn, info or debug.
+    #[arg(long = "log-level", default_value = "info")]
+    pub log_level: String,
+}
+
+/// A start-up configuration error: which flag, and what is wrong with it. Displays as one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(flag: &'static str, message: impl Into<String>) -> Self {
+        ConfigError {
+            flag,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.flag, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Scheme of the origin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// The parsed `--origin` URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub scheme: Scheme,
+    /// Host name or IP address, without IPv6 brackets (used for DNS and TLS SNI).
+    pub host: String,
+    pub port: u16,
+    /// The `Host` header value sent upstream: the authority as the user wrote it, minus a
+    /// default port.
+    pub authority: String,
+    /// Path prefix prepended to forwarded paths, without a trailing '/'; empty for none.
+    pub path_prefix: String,
+}
+
+impl Origin {
+    /// Parses an `http://` or `https://` URL: `scheme://host[:port][/path]`. User info, query
+    /// and fragment are refused because none of them has a meaning for a gateway's origin.
+    pub fn parse(url: &str) -> Result<Origin, String> {
+        let (scheme, rest) = if let Some(rest) = strip_prefix_ignore_case(url, "http://") {
+            (Scheme::Http, rest)
+        } else if let Some(rest) = strip_prefix_ignore_case(url, "https://") {
+            (Scheme::Https, rest)
+        } else {
+            return Err(format!("must be an http:// or https:// URL (got {url:?})"));
+        };
+        if rest.contains(['?', '#']) {
+            return Err(format!(
+                "must not contain a query or fragment (got {url:?})"
+            ));
+        }
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        if authority.contains('@') {
+            return Err(format!("must not contain user info (got {url:?})"));
+        }
+        if authority.is_empty() {
+            return Err(format!("has no host (got {url:?})"));
+        }
+        let default_port = match scheme {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        };
+        let (host, port) = split_host_port(authority)
+            .ok_or_else(|| format!("has an invalid host or port (got {url:?})"))?;
+        let port = port.unwrap_or(default_port);
+        if port == 0 {
+            return Err(format!("has port 0 (got {url:?})"));
+        }
+        if host.parse::<IpAddr>().is_err() && !is_valid_dns_name(host) {
+            return Err(format!("has an invalid host name {host:?}"));
+        }
+        let host_for_header = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.to_string()
+        };
+        let authority = if port == default_port {
+            host_for_header
+        } else {
+            format!("{host_for_header}:{port}")
+        };
+        if path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Err(format!(
+                "has whitespace or control characters in its path (got {url:?})"
+            ));
+        }
+        let path_prefix = path.trim_end_matches('/').to_string();
+        Ok(Origin {
+            scheme,
+            host: host.to_string(),
+            port,
+            authority,
+            path_prefix,
+        })
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}://{}{}",
+            self.scheme.as_str(),
+            self.authority,
+            self.path_prefix
+        )
+    }
+}
+
+fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    if s.len() >= prefix.len()
+        && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+    {
+        Some(&s[prefix.len()..])
+    } else {
+        None
+    }
+}
+
+/// Splits `host[:port]` or `[v6][:port]`. Returns None on a malformed port or bracket.
+fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
+    if let Some(rest) = authority.strip_prefix('[') {
+        let end = rest.find(']')?;
+        let host = &rest[..end];
+        let after = &rest[end + 1..];
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p.parse::<u16>().ok()?),
+            None if after.is_empty() => None,
+            None => return None,
+        };
+        host.parse::<std::net::Ipv6Addr>().ok()?;
+        return Some((host, port));
+    }
+    match authority.rfind(':') {
+        Some(i) => {
+            let port = authority[i + 1..].parse::<u16>().ok()?;
+            Some((&authority[..i], Some(port)))
+        }
+        None => Some((authority, None)),
+    }
+}
+
+fn is_valid_dns_name(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// A secret that never shows in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Log levels, most severe first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Error = 0,
+    Warn = 1,
+    Info = 2,
+    Debug = 3,
+}
+
+impl LogLevel {
+    pub fn parse(s: &str) -> Option<LogLevel> {
+        match s.to_ascii_lowercase().as_str() {
+            "error" => Some(LogLevel::Error),
+            "warn" | "warning" => Some(LogLevel::Warn),
+            "info" => Some(LogLevel::Info),
+            "debug" | "trace" => Some(LogLevel::Debug),
+            _ => None,
+        }
+    }
+}
+
+/// Timeouts, all validated non-zero.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub ingress_request: Duration,
+    pub upstream_connect: Duration,
+    pub upstream_response: Duration,
+    pub upstream_read: Duration,
+    pub upstream_idle: Duration,
+    pub client_header: Duration,
+    pub client_idle: Duration,
+    pub client_body: Duration,
+}
+
+/// The validated runtime configuration shared (read-only, behind an `Arc`) by all workers.
+#[derive(Debug)]
+pub struct Config {
+    pub token: Secret,
+    pub allowlist: Allowlist,
+    pub listen: IpAddr,
+    pub port: u16,
+    pub origin: Origin,
+    pub workers: usize,
+    pub ca_file: Option<PathBuf>,
+    pub timeouts: Timeouts,
+    pub upstream_max_idle: usize,
+    pub max_head_bytes: usize,
+    pub max_headers: usize,
+    pub max_request_body_bytes: u64,
+    pub log_level: LogLevel,
+}
+
+fn millis(flag: &'static str, ms: u64) -> Result<Duration, ConfigError> {
+    if ms == 0 {
+        return Err(ConfigError::new(flag, "must be at least 1 (milliseconds)"));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+impl TryFrom<Cli> for Config {
+    type Error = ConfigError;
+
+    fn try_from(cli: Cli) -> Result<Config, ConfigError> {
+        if cli.token.is_empty() {
+            return Err(ConfigError::new("--token", "must not be empty"));
+        }
+        if cli
+            .token
+            .bytes()
+            .any(|b| b == b'\r' || b == b'\n' || b == 0 || (b < b' ' && b != b'\t') || b == 0x7f)
+        {
+            return Err(ConfigError::new(
+                "--token",
+                "must not contain control characters (it is sent as a header value)",
+            ));
+        }
+        let allowlist = Allowlist::parse(&cli.paths).map_err(|e| ConfigError::new("--paths", e))?;
+        let origin = Origin::parse(&cli.origin).map_err(|e| ConfigError::new("--origin", e))?;
+        let listen: IpAddr = cli.listen.parse().map_err(|_| {
+            ConfigError::new(
+                "--listen",
+                format!(
+                    "must be an IP address such as 0.0.0.0 or ::1 (got {:?})",
+                    cli.listen
+                ),
+            )
+        })?;
+        let workers = match cli.workers {
+            Some(0) => return Err(ConfigError::new("--workers", "must be at least 1")),
+            Some(n) if n > 1024 => {
+                return Err(ConfigError::new("--workers", "must be at most 1024"));
+            }
+            Some(n) => n,
+            None => crate::server::allowed_cpus().len().max(1),
+        };
+        if let Some(path) = &cli.ca_file {
+            if let Err(e) = std::fs::metadata(path) {
+                return Err(ConfigError::new(
+                    "--ca-file",
+                    format!("cannot read {}: {e}", path.display()),
+                ));
+            }
+        }
+        if cli.max_head_bytes < 256 || cli.max_head_bytes > MAX_HEAD_BYTES_CEILING {
+            return Err(ConfigError::new(
+                "--max-head-bytes",
+                format!("must be between 256 and {MAX_HEAD_BYTES_CEILING}"),
+            ));
+        }
+        if cli.max_headers == 0 || cli.max_headers > crate::http::MAX_HEADERS_CAP {
+            return Err(ConfigError::new(
+                "--max-headers",
+                format!("must be between 1 and {}", crate::http::MAX_HEADERS_CAP),
+            ));
+        }
+        let log_level = LogLevel::parse(&cli.log_level).ok_or_else(|| {
+            ConfigError::new(
+                "--log-level",
+                format!(
+                    "must be error, warn, info or debug (got {:?})",
+                    cli.log_level
+                ),
+            )
+        })?;
+        let timeouts = Timeouts {
+            ingress_request: millis(
+                "--ingress-request-timeout-ms",
+                cli.ingress_request_timeout_ms,
+            )?,
+            upstream_connect: millis(
+                "--upstream-connect-timeout-ms",
+                cli.upstream_connect_timeout_ms,
+            )?,
+            upstream_response: millis(
+                "--upstream-response-timeout-ms",
+                cli.upstream_response_timeout_ms,
+            )?,
+            upstream_read: millis("--upstream-read-timeout-ms", cli.upstream_read_timeout_ms)?,
+            upstream_idle: millis("--upstream-idle-timeout-ms", cli.upstream_idle_timeout_ms)?,
+            client_header: millis("--client-header-timeout-ms", cli.client_header_timeout_ms)?,
+            client_idle: millis("--client-idle-timeout-ms", cli.client_idle_timeout_ms)?,
+            client_body: millis("--client-body-timeout-ms", cli.client_body_timeout_ms)?,
+        };
+        Ok(Config {
+            token: Secret(cli.token),
+            allowlist,
+            listen,
+            port: cli.port,
+            origin,
+            workers,
+            ca_file: cli.ca_file,
+            timeouts,
+            upstream_max_idle: cli.upstream_max_idle,
+            max_head_bytes: cli.max_head_bytes,
+            max_headers: cli.max_headers,
+            max_request_body_bytes: cli.max_request_body_bytes,
+            log_level,
+        })
+    }
+}
+
+impl Config {
+    /// Parses and validates a command line (including `argv[0]`). Help and version requests
+    /// come back as `Err(CliExit::Print)` with exit code 0.
+    pub fn from_args<I, T>(args: I) -> Result<Config, CliExit>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let cli = match Cli::try_parse_from(args) {
+            Ok(cli) => cli,
+            Err(e) => return Err(CliExit::from_clap(e)),
+        };
+        Config::try_from(cli).map_err(|e| CliExit::Invalid(e.to_string()))
+    }
+}
+
+/// Why the command line did not produce a configuration.
+#[derive(Debug)]
+pub enum CliExit {
+    /// `--help` or `--version`: print this on stdout and exit 0.
+    Print(String),
+    /// A missing or invalid value: one line naming the flag; exit non-zero.
+    Invalid(String),
+}
+
+impl CliExit {
+    fn from_clap(e: clap::Error) -> CliExit {
+        use clap::error::ErrorKind;
+        match e.kind() {
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => CliExit::Print(e.to_string()),
+            _ => CliExit::Invalid(one_line_clap_error(&e.to_string())),
+        }
+    }
+}
+
+/// clap renders errors over several lines (message, indented argument list, usage, hint).
+/// Fold them into one: the message plus any indented continuation lines (which name the
+/// missing flags), without the usage and hint.
+fn one_line_clap_error(rendered: &str) -> String {
+    let mut out = String::new();
+    for line in rendered.lines() {
+        let trimmed = line.trim();
+        if trimmed.is_empty() {
+            if !out.is_empty() {
+                break;
+            }
+            continue;
+        }
+        if trimmed.starts_with("Usage:") || trimmed.starts_with("For more information") {
+            break;
+        }
+        if trimmed.starts_with("tip:") {
+            continue;
+        }
+        let trimmed = trimmed.strip_prefix("error: ").unwrap_or(trimmed);
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(trimmed);
+    }
+    if out.is_empty() {
+        out.push_str("invalid command line (see --help)");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Vec<String> {
+        let mut v: Vec<String> = [
+            "sluice",
+            "-t",
+            "tok",
+            "--paths",
+            "/a,/b/*",
+            "-o",
+            "http://127.0.0.1:9000",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    }
+
+    #[test]
+    fn seed_command_line_parses() {
+        let c = Config::from_args([
+            "sluice",
+            "-t",
+            "6f6b94ab1205cf14b80eb62617d59c17",
+            "--paths",
+            "/crypto/sign,/crypto/verify",
+            "-p",
+            "8080",
+            "-o",
+            "https://hiring.api.synthesia.io",
+        ])
+        .unwrap();
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.origin.scheme, Scheme::Https);
+        assert_eq!(c.origin.port, 443);
+        assert_eq!(c.origin.authority, "hiring.api.synthesia.io");
+        assert_eq!(c.timeouts.ingress_request, Duration::from_millis(2000));
+        assert_eq!(c.allowlist.len(), 2);
+        assert!(!format!("{c:?}").contains("6f6b94ab"));
+    }
+
+    #[test]
+    fn origin_forms() {
+        let o = Origin::parse("http://127.0.0.1:5000/base/").unwrap();
+        assert_eq!(
+            (o.host.as_str(), o.port, o.authority.as_str()),
+            ("127.0.0.1", 5000, "127.0.0.1:5000")
+        );
+        assert_eq!(o.path_prefix, "/base");
+        let o = Origin::parse("https://[::1]:8443").unwrap();
+        assert_eq!(
+            (o.host.as_str(), o.authority.as_str()),
+            ("::1", "[::1]:8443")
+        );
+        let o = Origin::parse("HTTP://Example.com:80/").unwrap();
+        assert_eq!(
+            (o.authority.as_str(), o.path_prefix.as_str()),
+            ("Example.com", "")
+        );
+        for bad in [
+            "ftp://x",
+            "not a url",
+            "http://",
+            "http://a:b",
+            "http://u@h",
+            "http://h/?q",
+            "http://h:0",
+            "http://a b",
+        ] {
+            assert!(Origin::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--workers", "0"], "--workers"),
+            (&["--listen", "nope"], "--listen"),
+            (
+                &["--upstream-connect-timeout-ms", "0"],
+                "--upstream-connect-timeout-ms",
+            ),
+            (&["--max-head-bytes", "10"], "--max-head-bytes"),
+            (&["--ca-file", "/nonexistent/ca.pem"], "--ca-file"),
+            (&["--log-level", "loud"], "--log-level"),
+            (&["--port", "70000"], "--port"),
+        ];
+        for (extra, flag) in cases {
+            match Config::from_args(args(extra)) {
+                Err(CliExit::Invalid(msg)) => {
+                    assert!(msg.contains(flag), "{msg:?} should name {flag}");
+                    assert!(!msg.contains('\n'), "{msg:?} is one line");
+                }
+                other => panic!("{extra:?}: expected an error, got {other:?}"),
+            }
+        }
+        match Config::from_args(["sluice", "--paths", "/a"]) {
+            Err(CliExit::Invalid(msg)) => {
+                assert!(msg.contains("--token") && msg.contains("--origin"), "{msg}");
+                assert!(!msg.contains('\n'));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn help_is_not_an_error() {
+        assert!(matches!(
+            Config::from_args(["sluice", "--help"]),
+            Err(CliExit::Print(_))
+        ));
+    }
+}

@@ -1,0 +1,27 @@
+//! sluice: a per-core HTTP/1.1 gateway for slow, flaky, rate-limited APIs.
+//!
+//! # Layout
+//! A request flows through these modules in this order:
+//!
+//! - [`config`]: the command line and the validated [`config::Config`].
+//! - [`server`]: one pinned thread per CPU, each with a monoio runtime (io_uring or epoll), an
+//!   `SO_REUSEPORT` listener and its per-core [`server::worker::Worker`] state.
+//! - [`proxy`]: a client connection's request loop ([`proxy::serve`]): read a head, check the
+//!   allowlist, forward ([`proxy::forward`]), stream bodies ([`proxy::body`]).
+//! - [`http`]: sans-IO HTTP/1.1: request and response head parsing into offsets of frozen
+//!   buffers, the strict chunked decoder, and the head writers that apply header edits.
+//! - [`routing`]: the allowlist (exact and prefix paths, decoded, no dot-segment tricks).
+//! - [`upstream`]: connections to the origin (TCP or rustls TLS) and the per-core keep-alive
+//!   pool.
+//! - [`error`]: the forwarding error type (source, retryability, status) and the JSON error
+//!   responses.
+//! - [`log`]: leveled stderr logging.
+
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod log;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod upstream;

@@ -1,0 +1,217 @@
+//! Streaming a message body from one connection to another with bounded memory: the same code
+//! moves request bodies (client to origin) and response bodies (origin to client).
+//!
+//! The source's read buffer holds whatever was read past the head; the pump consumes exactly
+//! the body from it (Content-Length count, chunked decoder, or everything until EOF for a
+//! close-delimited response) and leaves any following bytes (a pipelined request) in place.
+//! Output is re-framed as the destination needs: raw bytes, or re-encoded chunks (trailers
+//! are dropped, extensions normalised away). Memory per pump is one read buffer of
+//! [`READ_CHUNK_BYTES`] plus one output buffer of about the same size, whatever the body size.
+
+use std::io;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+
+use crate::http::chunked::{write_chunk_header, Chunk, ChunkedDecoder, LAST_CHUNK};
+use crate::http::BodyFraming;
+
+/// Free space guaranteed in a read buffer before each body read: 16 KiB per read keeps syscalls
+/// per MiB low without holding much memory per connection.
+pub const READ_CHUNK_BYTES: usize = 16 * 1024;
+
+/// How the destination receives the body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encode {
+    /// The decoded bytes as they are (Content-Length or close-delimited destination).
+    Raw,
+    /// Re-encoded as chunks, ending with the last chunk.
+    Chunked,
+}
+
+/// Why a pump stopped early. `Read*` faults belong to the source, `Write` to the destination.
+#[derive(Debug)]
+pub enum PumpError {
+    ReadTimeout,
+    ReadIo(io::Error),
+    /// The source closed before the body was complete.
+    ReadEof,
+    /// The source's chunked framing is invalid.
+    Framing(&'static str),
+    /// The body exceeded the byte limit given to the pump.
+    TooLarge,
+    Write(io::Error),
+}
+
+/// Reads more bytes from `src`, appended to `buf`, within `timeout`. Returns the number of bytes
+/// read (0 at end of stream). On timeout the read is dropped and `buf` is left empty: the caller
+/// must close this connection (bytes may have been lost, and monoio-rustls cannot read again).
+pub async fn read_more<R: AsyncReadRent>(
+    src: &mut R,
+    buf: &mut BytesMut,
+    min_free: usize,
+    timeout: Duration,
+) -> io::Result<usize> {
+    if buf.capacity() - buf.len() < min_free {
+        buf.reserve(min_free);
+    }
+    let owned = std::mem::take(buf);
+    let (len, cap) = (owned.len(), owned.capacity());
+    match monoio::time::timeout(timeout, src.read(owned.slice_mut(len..cap))).await {
+        Ok((res, slice)) => {
+            *buf = slice.into_inner();
+            res
+        }
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "read timed out")),
+    }
+}
+
+/// Writes all of `out` to `dst` and clears it, keeping its allocation.
+pub async fn flush_out<W: AsyncWriteRent>(dst: &mut W, out: &mut Vec<u8>) -> io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let (res, mut buf) = dst.write_all(std::mem::take(out)).await;
+    buf.clear();
+    *out = buf;
+    res.map(|_| ())
+}
+
+/// Incremental state of one body being moved.
+enum Progress {
+    Length { remaining: u64 },
+    Chunked(ChunkedDecoder),
+    UntilEof,
+}
+
+/// Moves one body from `src` to `dst`. `pending` holds bytes already read from `src` (the
+/// start of the body, maybe more); on success it keeps the bytes after the body. `out` may hold
+/// bytes to send before the body (a head); they go out with the first body bytes, in one write.
+/// Returns the number of body bytes moved.
+#[allow(clippy::too_many_arguments)]
+pub async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
+    src: &mut R,
+    pending: &mut BytesMut,
+    framing: BodyFraming,
+    encode: Encode,
+    dst: &mut W,
+    out: &mut Vec<u8>,
+    read_timeout: Duration,
+    limit: u64,
+) -> Result<u64, PumpError> {
+    let mut progress = match framing {
+        BodyFraming::None | BodyFraming::Length(0) => {
+            if encode == Encode::Chunked && framing != BodyFraming::None {
+                out.extend_from_slice(LAST_CHUNK);
+            }
+            flush_out(dst, out).await.map_err(PumpError::Write)?;
+            return Ok(0);
+        }
+        BodyFraming::Length(n) => {
+            if n > limit {
+                return Err(PumpError::TooLarge);
+            }
+            Progress::Length { remaining: n }
+        }
+        BodyFraming::Chunked => Progress::Chunked(ChunkedDecoder::new()),
+        BodyFraming::CloseDelimited => Progress::UntilEof,
+    };
+    let mut moved: u64 = 0;
+    loop {
+        // 1. Consume what is buffered.
+        let done = match &mut progress {
+            Progress::Length { remaining } => {
+                let take = pending
+                    .len()
+                    .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
+                if take > 0 {
+                    emit(out, encode, &pending[..take]);
+                    pending.advance(take);
+                    *remaining -= take as u64;
+                    moved += take as u64;
+                }
+                *remaining == 0
+            }
+            Progress::UntilEof => {
+                let take = pending.len();
+                if take > 0 {
+                    emit(out, encode, &pending[..take]);
+                    pending.advance(take);
+                    moved += take as u64;
+                }
+                false
+            }
+            Progress::Chunked(decoder) => {
+                let mut done = false;
+                loop {
+                    let (consumed, event) = decoder
+                        .decode(pending)
+                        .map_err(|e| PumpError::Framing(e.message()))?;
+                    match event {
+                        Chunk::Data(range) => {
+                            moved += range.len() as u64;
+                            if moved > limit {
+                                return Err(PumpError::TooLarge);
+                            }
+                            emit(out, encode, &pending[range]);
+                            pending.advance(consumed);
+                        }
+                        Chunk::NeedMore => {
+                            pending.advance(consumed);
+                            break;
+                        }
+                        Chunk::Done => {
+                            pending.advance(consumed);
+                            done = true;
+                            break;
+                        }
+                    }
+                }
+                done
+            }
+        };
+        if moved > limit {
+            return Err(PumpError::TooLarge);
+        }
+        if done {
+            if encode == Encode::Chunked {
+                out.extend_from_slice(LAST_CHUNK);
+            }
+            flush_out(dst, out).await.map_err(PumpError::Write)?;
+            return Ok(moved);
+        }
+        // 2. Send what was produced, then read more.
+        flush_out(dst, out).await.map_err(PumpError::Write)?;
+        match read_more(src, pending, READ_CHUNK_BYTES, read_timeout).await {
+            Ok(0) => {
+                if matches!(progress, Progress::UntilEof) {
+                    if encode == Encode::Chunked {
+                        out.extend_from_slice(LAST_CHUNK);
+                    }
+                    flush_out(dst, out).await.map_err(PumpError::Write)?;
+                    return Ok(moved);
+                }
+                return Err(PumpError::ReadEof);
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(PumpError::ReadTimeout),
+            Err(e) => return Err(PumpError::ReadIo(e)),
+        }
+    }
+}
+
+/// Appends body bytes to `out` in the destination's framing.
+fn emit(out: &mut Vec<u8>, encode: Encode, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    if encode == Encode::Chunked {
+        write_chunk_header(data.len(), out);
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+    } else {
+        out.extend_from_slice(data);
+    }
+}

@@ -1,0 +1,277 @@
+//! The client side of a connection: read request heads, decide what each request gets, answer
+//! in order. This is where a request enters sluice; follow it from [`serve`].
+//!
+//! For each request on a keep-alive connection:
+//! 1. [`read_head`] reads until a complete head is buffered (idle and header timeouts apply)
+//!    and parses it (`http::request`); a bad head answers 400/431/505 and closes.
+//! 2. The path is matched against the allowlist (`routing`); no match answers 404 without
+//!    touching the origin.
+//! 3. [`forward::forward`] sends it to the origin and streams the answer back.
+//!
+//! Requests are handled one after the other, so pipelined requests are answered in order; the
+//! bytes of the next request simply wait in the read buffer.
+//!
+//! Decisions written down here:
+//! - After an error answer the connection is closed when the request had a body sluice did not
+//!   read (the next request's start would be unknown). Closing goes through a short "lingering
+//!   close" (shut down the write side, drain input for up to [`LINGER`]) so the client reads the
+//!   error instead of a reset.
+//! - `Expect: 100-continue` is answered by sluice itself once the request is accepted for
+//!   forwarding; the origin never sees `Expect`. A rejected request gets its final status
+//!   without a 100.
+
+pub mod body;
+pub mod forward;
+
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use monoio::io::AsyncWriteRent;
+use monoio::net::TcpStream;
+use smallvec::SmallVec;
+
+use crate::error::write_error_response;
+use crate::http::request::{parse_request, RequestError, RequestHead};
+use crate::http::BodyFraming;
+use crate::server::worker::Worker;
+use body::{flush_out, read_more};
+
+/// Upper bound on the lingering close: how long sluice keeps draining a client's input after
+/// its last answer, so the answer is read rather than reset.
+pub const LINGER: Duration = Duration::from_millis(500);
+/// Most bytes drained during a lingering close.
+pub const LINGER_MAX_BYTES: usize = 64 * 1024;
+/// Minimum free space before each head read.
+const HEAD_READ_BYTES: usize = 4 * 1024;
+
+/// One client connection's state.
+pub struct ClientConn {
+    pub stream: TcpStream,
+    /// Bytes read and not yet consumed (a partial head, body bytes, pipelined requests).
+    pub buf: BytesMut,
+    /// Output scratch buffer, reused for every write on this connection.
+    pub out: Vec<u8>,
+    /// The client's address as text, for `X-Forwarded-For`.
+    pub peer_ip: SmallVec<[u8; 48]>,
+}
+
+/// Serves one accepted client connection until it closes.
+pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let mut conn = ClientConn {
+        stream,
+        buf: worker.take_buf(),
+        out: Vec::new(),
+        peer_ip: ip_text(peer.ip()),
+    };
+    let linger = serve_requests(&worker, &mut conn).await;
+    if linger {
+        lingering_close(&mut conn).await;
+    }
+    let ClientConn { buf, .. } = conn;
+    worker.give_buf(buf);
+}
+
+/// What happens to the connection after an answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    KeepAlive,
+    /// Close now (nothing unread that matters, or the client is gone).
+    Close,
+    /// Close after draining unread input, so the last answer is not lost to a reset.
+    LingerClose,
+}
+
+/// The request loop. Returns whether the close should linger.
+async fn serve_requests(worker: &Rc<Worker>, conn: &mut ClientConn) -> bool {
+    loop {
+        let (head, bytes) = match read_head(worker, conn).await {
+            HeadRead::Head(head, bytes) => (head, bytes),
+            HeadRead::Closed => return false,
+            HeadRead::Invalid(e) => {
+                let _ = answer_error(conn, e.status(), e.code(), e.message(), false).await;
+                return true;
+            }
+            HeadRead::TimedOut => {
+                let _ = answer_error(
+                    conn,
+                    408,
+                    "request_timeout",
+                    "the request head was not received in time",
+                    false,
+                )
+                .await;
+                return true;
+            }
+        };
+        let next = handle(worker, conn, &head, &bytes).await;
+        drop(bytes);
+        match next {
+            Next::KeepAlive => {}
+            Next::Close => return false,
+            Next::LingerClose => return true,
+        }
+    }
+}
+
+/// Decides what one parsed request gets.
+async fn handle(
+    worker: &Rc<Worker>,
+    conn: &mut ClientConn,
+    head: &RequestHead,
+    bytes: &Bytes,
+) -> Next {
+    let config = &worker.config;
+    let has_body = !matches!(head.framing, BodyFraming::None | BodyFraming::Length(0));
+    // Without reading the body, the next request's start is unknown: close after answering.
+    let keep_alive_without_body = head.keep_alive && !has_body;
+    let path = head.path.get(bytes);
+    if config.allowlist.match_path(path).is_none() {
+        return reply_error(
+            conn,
+            404,
+            "not_found",
+            "this path is not forwarded by the gateway",
+            keep_alive_without_body,
+        )
+        .await;
+    }
+    if let BodyFraming::Length(n) = head.framing {
+        if n > config.max_request_body_bytes {
+            return reply_error(
+                conn,
+                413,
+                "payload_too_large",
+                "the request body is larger than allowed",
+                false,
+            )
+            .await;
+        }
+    }
+    forward::forward(worker, conn, head, bytes).await
+}
+
+/// Writes a JSON error answer and says what to do with the connection.
+async fn reply_error(
+    conn: &mut ClientConn,
+    status: u16,
+    code: &str,
+    message: &str,
+    keep_alive: bool,
+) -> Next {
+    match answer_error(conn, status, code, message, keep_alive).await {
+        Err(_) => Next::Close,
+        Ok(()) if keep_alive => Next::KeepAlive,
+        Ok(()) => Next::LingerClose,
+    }
+}
+
+/// Writes a sluice-generated JSON error answer.
+pub async fn answer_error(
+    conn: &mut ClientConn,
+    status: u16,
+    code: &str,
+    message: &str,
+    keep_alive: bool,
+) -> std::io::Result<()> {
+    conn.out.clear();
+    write_error_response(&mut conn.out, status, code, message, keep_alive);
+    flush_out(&mut conn.stream, &mut conn.out).await
+}
+
+// The head travels by value on purpose: boxing it would allocate once per request.
+#[allow(clippy::large_enum_variant)]
+enum HeadRead {
+    Head(RequestHead, Bytes),
+    /// The client closed (or failed) between requests, or mid-head: nothing to answer.
+    Closed,
+    Invalid(RequestError),
+    /// A started head was not completed within `--client-header-timeout-ms`.
+    TimedOut,
+}
+
+/// Reads until `conn.buf` holds a complete request head, then splits the head off as frozen
+/// bytes (the parsed spans point into them). An idle connection waits up to
+/// `--client-idle-timeout-ms` for a first byte; once a head has started, it must complete
+/// within `--client-header-timeout-ms`.
+async fn read_head(worker: &Worker, conn: &mut ClientConn) -> HeadRead {
+    let timeouts = &worker.config.timeouts;
+    let mut header_deadline: Option<Instant> = None;
+    loop {
+        if !conn.buf.is_empty() {
+            match parse_request(&conn.buf, &worker.limits) {
+                Ok(Some(head)) => {
+                    let bytes = conn.buf.split_to(head.head_len).freeze();
+                    return HeadRead::Head(head, bytes);
+                }
+                Ok(None) => {}
+                Err(e) => return HeadRead::Invalid(e),
+            }
+        }
+        let timeout = match header_deadline {
+            Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+            None if conn.buf.is_empty() => timeouts.client_idle,
+            None => {
+                let deadline = Instant::now() + timeouts.client_header;
+                header_deadline = Some(deadline);
+                timeouts.client_header
+            }
+        };
+        let started = !conn.buf.is_empty();
+        match read_more(&mut conn.stream, &mut conn.buf, HEAD_READ_BYTES, timeout).await {
+            Ok(0) => return HeadRead::Closed,
+            Ok(_) => {
+                if header_deadline.is_none() {
+                    header_deadline = Some(Instant::now() + timeouts.client_header);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut && started => {
+                return HeadRead::TimedOut
+            }
+            Err(_) => return HeadRead::Closed,
+        }
+    }
+}
+
+/// Shuts down the write side (the client sees the end of our answer), then reads and discards
+/// input for a short while so that unread request bytes do not turn the close into a reset
+/// that could destroy the answer in flight.
+async fn lingering_close(conn: &mut ClientConn) {
+    if conn.stream.shutdown().await.is_err() {
+        return;
+    }
+    let deadline = Instant::now() + LINGER;
+    let mut drained = 0usize;
+    conn.buf.clear();
+    while drained < LINGER_MAX_BYTES {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match read_more(&mut conn.stream, &mut conn.buf, HEAD_READ_BYTES, left).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                drained += n;
+                conn.buf.clear();
+            }
+        }
+    }
+}
+
+/// Formats an IP address for `X-Forwarded-For` without allocating (IPv4-mapped IPv6 addresses
+/// are shown as IPv4).
+fn ip_text(ip: IpAddr) -> SmallVec<[u8; 48]> {
+    use std::io::Write;
+    let ip = match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    };
+    let mut out = SmallVec::new();
+    let _ = write!(out, "{ip}");
+    out
+}

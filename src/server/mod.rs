@@ -1,0 +1,234 @@
+//! Process layout: one pinned thread per worker, each with its own monoio runtime (io_uring,
+//! or epoll when io_uring is unavailable), its own `SO_REUSEPORT` listener and its own
+//! [`worker::Worker`] state. Workers share nothing mutable: the kernel spreads connections over
+//! the listeners, and each connection lives and dies on one core.
+//!
+//! Start-up order (all on the main thread, blocking calls allowed here and only here):
+//! resolve the origin and build TLS (`upstream::Upstream::prepare`), refuse a port that another
+//! process already listens on (a probe bind without `SO_REUSEPORT`: with it, Linux would let a
+//! second process share the port silently), then start worker 0, learn the bound port (for
+//! `-p 0`), start the others on the same port, and wait until every worker reports its
+//! listener and driver.
+
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+
+use monoio::net::{ListenerOpts, TcpListener};
+use monoio::{FusionDriver, FusionRuntime, RuntimeBuilder};
+
+use crate::config::Config;
+use crate::upstream::Upstream;
+use worker::Worker;
+
+/// io_uring submission queue entries per worker. Every pending socket read is an entry in
+/// flight, so this bounds how many operations a worker can queue at once before submitting.
+pub const URING_ENTRIES: u32 = 16 * 1024;
+/// Listen backlog per listener (the kernel caps it at `net.core.somaxconn`).
+pub const LISTEN_BACKLOG: i32 = 4096;
+/// How often each worker closes pooled upstream connections that passed their idle timeout,
+/// as a fraction of that timeout.
+const POOL_SWEEPS_PER_IDLE_TIMEOUT: u32 = 4;
+
+/// The I/O driver a worker runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Driver {
+    IoUring,
+    Epoll,
+}
+
+impl Driver {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Driver::IoUring => "io_uring",
+            Driver::Epoll => "epoll",
+        }
+    }
+}
+
+/// The CPUs this process may run on (`sched_getaffinity`), e.g. as restricted by `taskset`,
+/// cgroups cpusets or Docker's `--cpuset-cpus`. Falls back to `0..available_parallelism`.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: `cpu_set_t` is a plain bit array for which all-zero is a valid value, and
+    // `sched_getaffinity` writes at most `size_of::<cpu_set_t>()` bytes into it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc == 0 {
+        let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+            // SAFETY: `i` is below CPU_SETSIZE, the bit size of `set`.
+            .filter(|&i| unsafe { libc::CPU_ISSET(i, &set) })
+            .collect();
+        if !cpus.is_empty() {
+            return cpus;
+        }
+    }
+    let n = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    (0..n).collect()
+}
+
+/// A running server.
+pub struct Server {
+    pub local_addr: SocketAddr,
+    pub driver: Driver,
+    pub workers: usize,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Starts every worker and returns once all of them listen. Errors are one line.
+    pub fn start(config: Arc<Config>, upstream: Arc<Upstream>) -> Result<Server, String> {
+        let requested = SocketAddr::new(config.listen, config.port);
+        if config.port != 0 {
+            refuse_port_in_use(requested)?;
+        }
+        let cpus = allowed_cpus();
+        let (tx, rx) = mpsc::channel::<Result<(SocketAddr, Driver), String>>();
+        let mut threads = Vec::with_capacity(config.workers);
+        let mut bound = requested;
+        let mut driver = Driver::Epoll;
+        for id in 0..config.workers {
+            let cpu = cpus[id % cpus.len()];
+            let (config, upstream, tx) = (config.clone(), upstream.clone(), tx.clone());
+            let addr = bound;
+            let handle = std::thread::Builder::new()
+                .name(format!("sluice-worker-{id}"))
+                .spawn(move || run_worker(id, cpu, addr, config, upstream, tx))
+                .map_err(|e| format!("cannot start worker thread: {e}"))?;
+            threads.push(handle);
+            // Wait for this worker's listener before starting the next: worker 0 decides the
+            // port when `-p 0` asked for any.
+            match rx.recv() {
+                Ok(Ok((addr, d))) => {
+                    bound = addr;
+                    if id == 0 {
+                        driver = d;
+                    }
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err("a worker thread died during start-up".to_string()),
+            }
+        }
+        Ok(Server {
+            local_addr: bound,
+            driver,
+            workers: config.workers,
+            threads,
+        })
+    }
+
+    /// Blocks until every worker thread ends (they run until the process exits).
+    pub fn wait(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Fails when another socket already listens on `addr`. The probe binds without
+/// `SO_REUSEPORT`, so any listener on the port (ours included) makes it fail.
+fn refuse_port_in_use(addr: SocketAddr) -> Result<(), String> {
+    match std::net::TcpListener::bind(addr) {
+        Ok(probe) => {
+            drop(probe);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(format!(
+            "--port: {addr} is already in use by another process"
+        )),
+        Err(e) => Err(format!("--listen/--port: cannot listen on {addr}: {e}")),
+    }
+}
+
+/// The body of one worker thread: pin, build the runtime, bind, report, serve forever.
+fn run_worker(
+    id: usize,
+    cpu: usize,
+    addr: SocketAddr,
+    config: Arc<Config>,
+    upstream: Arc<Upstream>,
+    tx: mpsc::Sender<Result<(SocketAddr, Driver), String>>,
+) {
+    if let Err(e) = monoio::utils::bind_to_cpu_set([cpu]) {
+        crate::log::warn(format_args!("worker {id}: cannot pin to CPU {cpu}: {e}"));
+    }
+    let runtime = RuntimeBuilder::<FusionDriver>::new()
+        .enable_timer()
+        .with_entries(URING_ENTRIES)
+        .build();
+    let mut runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = tx.send(Err(format!(
+                "worker {id}: cannot build the I/O runtime: {e}"
+            )));
+            return;
+        }
+    };
+    let driver = match &runtime {
+        FusionRuntime::Uring(_) => Driver::IoUring,
+        FusionRuntime::Legacy(_) => Driver::Epoll,
+    };
+    runtime.block_on(async move {
+        let opts = ListenerOpts::new()
+            .reuse_port(true)
+            .reuse_addr(true)
+            .backlog(LISTEN_BACKLOG);
+        let listener = match TcpListener::bind_with_config(addr, &opts) {
+            Ok(l) => l,
+            Err(e) => {
+                let msg = if e.kind() == std::io::ErrorKind::AddrInUse {
+                    format!("--port: {addr} is already in use by another process")
+                } else {
+                    format!("--listen/--port: cannot listen on {addr}: {e}")
+                };
+                let _ = tx.send(Err(msg));
+                return;
+            }
+        };
+        let local = match listener.local_addr() {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = tx.send(Err(format!("cannot read the listener address: {e}")));
+                return;
+            }
+        };
+        let _ = tx.send(Ok((local, driver)));
+        drop(tx);
+        let worker = Rc::new(Worker::new(id, config, upstream));
+        monoio::spawn(sweep_pool(worker.clone()));
+        accept_loop(worker, listener).await;
+    });
+}
+
+/// Accepts connections forever. One `accept` future at a time, never dropped mid-flight
+/// (monoio 0.2.4 can leak an accepted fd when an `accept` loses a cancellation race).
+async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                monoio::spawn(crate::proxy::serve(worker.clone(), stream, peer));
+            }
+            Err(e) => {
+                // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning.
+                crate::log::warn(format_args!("worker {}: accept failed: {e}", worker.id));
+                monoio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Periodically closes pooled upstream connections past their idle timeout.
+async fn sweep_pool(worker: Rc<Worker>) {
+    let every = worker.pool.borrow().idle_timeout() / POOL_SWEEPS_PER_IDLE_TIMEOUT;
+    let every = every.max(std::time::Duration::from_millis(10));
+    loop {
+        monoio::time::sleep(every).await;
+        worker.pool.borrow_mut().sweep(std::time::Instant::now());
+    }
+}
