@@ -121,14 +121,10 @@ pub async fn forward(
                     .await
                 {
                     Ok(Ok(c)) => c,
-                    Ok(Err(e)) => return fail(conn, e, body_unread(head, replay_len)).await,
+                    Ok(Err(e)) => return fail(conn, e, replay_len, head.keep_alive).await,
                     Err(_) => {
-                        return fail(
-                            conn,
-                            ProxyError::UpstreamConnectTimeout,
-                            body_unread(head, replay_len),
-                        )
-                        .await
+                        let e = ProxyError::UpstreamConnectTimeout;
+                        return fail(conn, e, replay_len, head.keep_alive).await;
                     }
                 }
             }
@@ -181,7 +177,7 @@ pub async fn forward(
                 if stale && attempt == 1 {
                     continue;
                 }
-                return fail(conn, e, body_unread(head, replay_len)).await;
+                return fail(conn, e, replay_len, head.keep_alive).await;
             }
         }
     };
@@ -323,27 +319,35 @@ fn is_stale_error(e: &ProxyError) -> bool {
     matches!(e, ProxyError::UpstreamClosed | ProxyError::UpstreamIo(_))
 }
 
-/// Whether the client's request body is (possibly) still unread in the socket.
-fn body_unread(head: &RequestHead, replay_len: Option<usize>) -> bool {
-    replay_len.is_none() && !matches!(head.framing, BodyFraming::None | BodyFraming::Length(0))
-}
-
-/// Answers a forwarding failure with its JSON error. The connection stays open only when the
-/// request was consumed completely and the client wants keep-alive.
-async fn fail(conn: &mut ClientConn, e: ProxyError, body_unread: bool) -> Next {
+/// Answers a forwarding failure with its JSON error. `replay_len` is the size of a body that
+/// was read in full (it is consumed now, so the next request starts at its own first byte);
+/// `None` means a streamed body may be partly unread, so the connection closes after the answer.
+/// A close after an unread body lingers; otherwise it is immediate.
+async fn fail(
+    conn: &mut ClientConn,
+    e: ProxyError,
+    replay_len: Option<usize>,
+    client_keep_alive: bool,
+) -> Next {
     let (status, code) = e.status();
     crate::log::debug(format_args!("forwarding failed: {e}"));
     if matches!(e, ProxyError::UpstreamTls(_)) {
         crate::log::warn(format_args!("upstream TLS failure: {e}"));
     }
-    let keep_alive = !body_unread;
-    if body_unread {
-        // The body was not read; its bytes would be taken for the next request.
-        conn.buf.clear();
-    }
+    let keep_alive = match replay_len {
+        Some(n) => {
+            conn.buf.advance(n);
+            client_keep_alive
+        }
+        None => {
+            conn.buf.clear();
+            false
+        }
+    };
     match answer_error(conn, status, code, e.message(), keep_alive).await {
         Err(_) => Next::Close,
         Ok(()) if keep_alive => Next::KeepAlive,
+        Ok(()) if replay_len.is_some() => Next::Close,
         Ok(()) => Next::LingerClose,
     }
 }

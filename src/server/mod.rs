@@ -12,9 +12,13 @@
 
 pub mod worker;
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::{mpsc, Arc};
+use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 
 use monoio::net::{ListenerOpts, TcpListener};
@@ -212,13 +216,38 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                monoio::spawn(crate::proxy::serve(worker.clone(), stream, peer));
+                let conn = crate::proxy::serve(worker.clone(), stream, peer);
+                monoio::spawn(async move {
+                    if CatchUnwind(Box::pin(conn)).await.is_err() {
+                        crate::log::error(format_args!(
+                            "a connection task panicked; the connection was closed, the worker goes on"
+                        ));
+                    }
+                });
             }
             Err(e) => {
                 // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning.
                 crate::log::warn(format_args!("worker {}: accept failed: {e}", worker.id));
                 monoio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
+        }
+    }
+}
+
+/// Runs a future and turns a panic inside it into an `Err`, so that a bug triggered by one
+/// connection closes that connection instead of taking the whole worker (and every other
+/// connection on it) down. Requires `panic = "unwind"`, which the release profile sets.
+struct CatchUnwind<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let fut = self.0.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(Err(())),
         }
     }
 }
@@ -230,5 +259,30 @@ async fn sweep_pool(worker: Rc<Worker>) {
     loop {
         monoio::time::sleep(every).await;
         worker.pool.borrow_mut().sweep(std::time::Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_task_does_not_stop_the_runtime() {
+        let mut rt = RuntimeBuilder::<FusionDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let bad = monoio::spawn(CatchUnwind(Box::pin(async { panic!("boom") })));
+            let good = monoio::spawn(CatchUnwind(Box::pin(async { 7 })));
+            let (bad, good): (Result<(), ()>, Result<i32, ()>) = (bad.await, good.await);
+            assert!(bad.is_err());
+            assert_eq!(good, Ok(7));
+        });
+    }
+
+    #[test]
+    fn allowed_cpus_is_not_empty() {
+        assert!(!allowed_cpus().is_empty());
     }
 }
