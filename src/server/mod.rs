@@ -22,7 +22,8 @@ use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 
 use monoio::net::{ListenerOpts, TcpListener};
-use monoio::{FusionDriver, FusionRuntime, RuntimeBuilder};
+use monoio::time::TimeDriver;
+use monoio::{FusionDriver, FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBuilder};
 
 use crate::config::Config;
 use crate::upstream::Upstream;
@@ -161,10 +162,7 @@ fn run_worker(
     if let Err(e) = monoio::utils::bind_to_cpu_set([cpu]) {
         crate::log::warn(format_args!("worker {id}: cannot pin to CPU {cpu}: {e}"));
     }
-    let runtime = RuntimeBuilder::<FusionDriver>::new()
-        .enable_timer()
-        .with_entries(URING_ENTRIES)
-        .build();
+    let runtime = build_runtime(true).or_else(|_| build_runtime(false));
     let mut runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
@@ -208,6 +206,26 @@ fn run_worker(
         monoio::spawn(sweep_pool(worker.clone()));
         accept_loop(worker, listener).await;
     });
+}
+
+/// Builds this worker's runtime: io_uring when the kernel allows it (monoio probes once per
+/// process; `MONOIO_FORCE_LEGACY_DRIVER=1` forces epoll), else epoll. With `coop`, the ring is
+/// set up with `IORING_SETUP_COOP_TASKRUN` (Linux 5.19+): completions are processed when the
+/// worker enters the kernel anyway, instead of interrupting it with an IPI for each one, which
+/// a thread-per-core server never needs. Older kernels refuse the flag; the caller retries
+/// without it.
+fn build_runtime(
+    coop: bool,
+) -> std::io::Result<FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<LegacyDriver>>> {
+    let mut urb = io_uring::IoUring::builder();
+    if coop {
+        urb.setup_coop_taskrun();
+    }
+    RuntimeBuilder::<FusionDriver>::new()
+        .enable_timer()
+        .with_entries(URING_ENTRIES)
+        .uring_builder(urb)
+        .build()
 }
 
 /// Accepts connections forever. One `accept` future at a time, never dropped mid-flight
