@@ -128,6 +128,91 @@ pub struct Cli {
     #[arg(long = "max-request-body-bytes", default_value_t = 1024 * 1024)]
     pub max_request_body_bytes: u64,
 
+    /// Upstream rate limit as N/PERIOD (PERIOD: ms, s, m or h, e.g. 10/1m, 5/2s, 20000/1s).
+    /// Every attempt, first or retry, takes a slot.
+    #[arg(long = "rate-limit", default_value = "10/1m")]
+    pub rate_limit: String,
+
+    /// What one rate-limit budget covers: `endpoint` (each allowlisted path has its own, the
+    /// original's behaviour) or `origin` (all endpoints share one, as the upstream counts per key).
+    #[arg(long = "rate-limit-scope", default_value = "endpoint")]
+    pub rate_limit_scope: String,
+
+    /// `sliding-window` (exact: never more than N sends in any rolling PERIOD, summed over all
+    /// workers) or `token-bucket` (bursts of N, refilling at N/PERIOD).
+    #[arg(long = "rate-limit-algorithm", default_value = "sliding-window")]
+    pub rate_limit_algorithm: String,
+
+    /// Safety margin added to the sliding window's PERIOD, in milliseconds, so that network
+    /// jitter cannot push a send into the upstream's window. Default: PERIOD/20, at most 1000.
+    #[arg(long = "rate-limit-margin-ms")]
+    pub rate_limit_margin_ms: Option<u64>,
+
+    /// Which failures are retried: comma list of status codes, `5xx`, `connect-error`,
+    /// `timeout`.
+    #[arg(
+        long = "retry-on",
+        default_value = "connect-error,timeout,429,502,503,504"
+    )]
+    pub retry_on: String,
+
+    /// Base of the exponential retry backoff (full jitter), in milliseconds.
+    #[arg(long = "retry-base-ms", default_value_t = 1000)]
+    pub retry_base_ms: u64,
+
+    /// Cap of one retry delay, in milliseconds (a larger Retry-After is still honoured).
+    #[arg(long = "retry-max-ms", default_value_t = 60_000)]
+    pub retry_max_ms: u64,
+
+    /// Most attempts per job (first try included).
+    #[arg(long = "retry-max-attempts", default_value_t = 100)]
+    pub retry_max_attempts: u32,
+
+    /// A job that has not reached a terminal state this long after it was accepted fails
+    /// (e.g. 24h, 90m, 30s, 500ms).
+    #[arg(long = "job-ttl", default_value = "24h")]
+    pub job_ttl: String,
+
+    /// How long finished jobs stay queryable at /_sluice/jobs/<id> (e.g. 1h).
+    #[arg(long = "job-retention", default_value = "1h")]
+    pub job_retention: String,
+
+    /// Largest upstream response body sluice keeps for a deferred job (its /result and its
+    /// callback), in bytes. A bigger answer fails the job with a 502 result.
+    #[arg(long = "max-response-body-bytes", default_value_t = 8 * 1024 * 1024)]
+    pub max_response_body_bytes: u64,
+
+    /// Signs callbacks per the Standard Webhooks spec (`webhook-id`, `webhook-timestamp`,
+    /// `webhook-signature`) with this `whsec_<base64>` secret. Also from SLUICE_WEBHOOK_SECRET.
+    #[arg(
+        long = "webhook-secret",
+        env = "SLUICE_WEBHOOK_SECRET",
+        hide_env_values = true
+    )]
+    pub webhook_secret: Option<String>,
+
+    /// Restricts where callbacks may go: comma list of host names (`hooks.example.com`,
+    /// `*.example.com`), IPs and CIDRs (`10.0.0.0/8`). Default: anywhere.
+    #[arg(long = "callback-allow")]
+    pub callback_allow: Option<String>,
+
+    /// First webhook retry delay in milliseconds (exponential backoff with full jitter).
+    #[arg(long = "webhook-retry-base-ms", default_value_t = 5000)]
+    pub webhook_retry_base_ms: u64,
+
+    /// Longest delay between two webhook attempts, in milliseconds (a larger Retry-After is
+    /// honoured).
+    #[arg(long = "webhook-retry-max-ms", default_value_t = 600_000)]
+    pub webhook_retry_max_ms: u64,
+
+    /// Stop retrying a callback this long after its first attempt (e.g. 24h).
+    #[arg(long = "webhook-give-up-after", default_value = "24h")]
+    pub webhook_give_up_after: String,
+
+    /// Timeout of one webhook attempt (connect, TLS, request, response head), in milliseconds.
+    #[arg(long = "webhook-timeout-ms", default_value_t = 15_000)]
+    pub webhook_timeout_ms: u64,
+
     /// Least severe log level printed on stderr: error, warn, info or debug.
     #[arg(long = "log-level", default_value = "info")]
     pub log_level: String,
@@ -375,6 +460,23 @@ pub struct Config {
     pub max_headers: usize,
     pub max_request_body_bytes: u64,
     pub log_level: LogLevel,
+    pub executor: ExecutorConfig,
+}
+
+/// Settings of the job executor (rate limits, retries, job lifetime).
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    pub rate_limit: crate::limit::RateSpec,
+    pub rate_limit_scope: crate::limit::Scope,
+    pub rate_limit_algorithm: crate::limit::Algorithm,
+    pub rate_limit_margin: Duration,
+    pub retry: crate::jobs::backoff::RetryPolicy,
+    pub job_retention: Duration,
+    pub max_response_body_bytes: u64,
+    pub webhook_secret: Option<crate::webhook::WebhookSecret>,
+    pub callback_allow: crate::webhook::CallbackAllow,
+    pub webhook_retry: crate::webhook::RetryPolicy,
+    pub webhook_timeout: Duration,
 }
 
 fn millis(flag: &'static str, ms: u64) -> Result<Duration, ConfigError> {
@@ -468,6 +570,7 @@ impl TryFrom<Cli> for Config {
             client_idle: millis("--client-idle-timeout-ms", cli.client_idle_timeout_ms)?,
             client_body: millis("--client-body-timeout-ms", cli.client_body_timeout_ms)?,
         };
+        let executor = executor_config(&cli)?;
         Ok(Config {
             token: Secret(cli.token),
             allowlist,
@@ -482,8 +585,114 @@ impl TryFrom<Cli> for Config {
             max_headers: cli.max_headers,
             max_request_body_bytes: cli.max_request_body_bytes,
             log_level,
+            executor,
         })
     }
+}
+
+fn executor_config(cli: &Cli) -> Result<ExecutorConfig, ConfigError> {
+    use crate::limit::{Algorithm, RateSpec, Scope};
+    let rate_limit =
+        RateSpec::parse(&cli.rate_limit).map_err(|e| ConfigError::new("--rate-limit", e))?;
+    let rate_limit_scope = Scope::parse(&cli.rate_limit_scope)
+        .map_err(|e| ConfigError::new("--rate-limit-scope", e))?;
+    let rate_limit_algorithm = Algorithm::parse(&cli.rate_limit_algorithm)
+        .map_err(|e| ConfigError::new("--rate-limit-algorithm", e))?;
+    let rate_limit_margin = match cli.rate_limit_margin_ms {
+        Some(ms) => Duration::from_millis(ms),
+        None => rate_limit.default_margin(),
+    };
+    let retry_on = crate::jobs::backoff::RetryOn::parse(&cli.retry_on)
+        .map_err(|e| ConfigError::new("--retry-on", e))?;
+    let base = millis("--retry-base-ms", cli.retry_base_ms)?;
+    let max = millis("--retry-max-ms", cli.retry_max_ms)?;
+    if max < base {
+        return Err(ConfigError::new(
+            "--retry-max-ms",
+            "must be at least --retry-base-ms",
+        ));
+    }
+    if cli.retry_max_attempts == 0 {
+        return Err(ConfigError::new(
+            "--retry-max-attempts",
+            "must be at least 1",
+        ));
+    }
+    let ttl = parse_duration(&cli.job_ttl).map_err(|e| ConfigError::new("--job-ttl", e))?;
+    let job_retention =
+        parse_duration(&cli.job_retention).map_err(|e| ConfigError::new("--job-retention", e))?;
+    Ok(ExecutorConfig {
+        rate_limit,
+        rate_limit_scope,
+        rate_limit_algorithm,
+        rate_limit_margin,
+        retry: crate::jobs::backoff::RetryPolicy {
+            base,
+            max,
+            max_attempts: cli.retry_max_attempts,
+            ttl,
+            retry_on,
+        },
+        job_retention,
+        max_response_body_bytes: cli.max_response_body_bytes,
+        webhook_secret: match &cli.webhook_secret {
+            Some(text) => Some(
+                crate::webhook::WebhookSecret::parse(text)
+                    .map_err(|e| ConfigError::new("--webhook-secret", e))?,
+            ),
+            None => None,
+        },
+        webhook_retry: {
+            let first = millis("--webhook-retry-base-ms", cli.webhook_retry_base_ms)?;
+            let max = millis("--webhook-retry-max-ms", cli.webhook_retry_max_ms)?;
+            if max < first {
+                return Err(ConfigError::new(
+                    "--webhook-retry-max-ms",
+                    "must be at least --webhook-retry-base-ms",
+                ));
+            }
+            crate::webhook::RetryPolicy {
+                first_delay: first,
+                min_delay: first.min(Duration::from_secs(1)),
+                max_delay: max,
+                give_up_after: parse_duration(&cli.webhook_give_up_after)
+                    .map_err(|e| ConfigError::new("--webhook-give-up-after", e))?,
+            }
+        },
+        webhook_timeout: millis("--webhook-timeout-ms", cli.webhook_timeout_ms)?,
+        callback_allow: match &cli.callback_allow {
+            Some(list) => crate::webhook::CallbackAllow::parse(list)
+                .map_err(|e| ConfigError::new("--callback-allow", e))?,
+            None => crate::webhook::CallbackAllow::default(),
+        },
+    })
+}
+
+/// Parses a duration such as `24h`, `90m`, `30s` or `500ms` (a number and one unit).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{s:?} needs a unit: ms, s, m or h (e.g. 24h)"))?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 24h, 90m, 30s or 500ms"))?;
+    let ms_per_unit: u64 = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("{s:?} has an unknown unit (use ms, s, m, h or d)")),
+    };
+    let ms = n
+        .checked_mul(ms_per_unit)
+        .ok_or_else(|| format!("{s:?} is too long"))?;
+    if ms == 0 {
+        return Err(format!("{s:?} must be longer than zero"));
+    }
+    Ok(Duration::from_millis(ms))
 }
 
 impl Config {
@@ -657,6 +866,16 @@ mod tests {
                 assert!(!msg.contains('\n'));
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("90m"), Ok(Duration::from_secs(5400)));
+        for bad in ["", "h", "10", "0s", "10x", "-1s", "99999999999999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
 

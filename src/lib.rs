@@ -10,6 +10,10 @@
 //!   allowlist, forward ([`proxy::forward`]), stream bodies ([`proxy::body`]).
 //! - [`http`]: sans-IO HTTP/1.1: request and response head parsing into offsets of frozen
 //!   buffers, the strict chunked decoder, and the head writers that apply header edits.
+//! - [`jobs`]: the executor: every forwarded request is a job that waits for a rate-limit slot
+//!   ([`limit`]), is attempted and retried with backoff on per-core timers ([`timer`]), and
+//!   answers its client before the deadline or with `202 Accepted`; deferred jobs report by
+//!   webhook ([`webhook`]) and at `/_sluice/jobs/<id>`.
 //! - [`routing`]: the allowlist (exact and prefix paths, decoded, no dot-segment tricks).
 //! - [`upstream`]: connections to the origin (TCP or rustls TLS) and the per-core keep-alive
 //!   pool.
@@ -20,8 +24,12 @@
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod jobs;
+pub mod limit;
 pub mod log;
 pub mod proxy;
 pub mod routing;
 pub mod server;
+pub mod timer;
 pub mod upstream;
+pub mod webhook;

@@ -51,6 +51,19 @@ pub fn write_upstream_request(
     buf: &[u8],
     edits: &UpstreamRequestEdits,
 ) {
+    write_upstream_request_with_query(out, head, buf, edits, None);
+}
+
+/// Like [`write_upstream_request`], but with the query string replaced: `Some(q)` sends
+/// `path?q` (or just `path` when `q` is empty), `None` keeps the target as received. The job
+/// executor uses it to drop its own `callback` parameter from the query.
+pub fn write_upstream_request_with_query(
+    out: &mut Vec<u8>,
+    head: &RequestHead,
+    buf: &[u8],
+    edits: &UpstreamRequestEdits,
+    query: Option<&[u8]>,
+) {
     debug_assert!(
         is_clean(edits.path_prefix) && is_clean(edits.host) && is_clean(edits.authorization)
     );
@@ -66,7 +79,16 @@ pub fn write_upstream_request(
     if !(head.method == Method::Options && target == b"*") {
         out.extend_from_slice(edits.path_prefix);
     }
-    out.extend_from_slice(target);
+    match query {
+        None => out.extend_from_slice(target),
+        Some(q) => {
+            out.extend_from_slice(head.path.get(buf));
+            if !q.is_empty() {
+                out.push(b'?');
+                out.extend_from_slice(q);
+            }
+        }
+    }
     out.extend_from_slice(b" HTTP/1.1\r\n");
 
     write_field(out, b"Host", edits.host);

@@ -79,6 +79,45 @@ pub async fn flush_out<W: AsyncWriteRent>(dst: &mut W, out: &mut Vec<u8>) -> io:
     res.map(|_| ())
 }
 
+/// Where a pumped body goes: a socket, or memory (a job keeps its final answer).
+pub trait BodySink {
+    /// Takes everything in `out` and clears it.
+    fn take(&mut self, out: &mut Vec<u8>) -> impl std::future::Future<Output = io::Result<()>>;
+}
+
+impl BodySink for monoio::net::TcpStream {
+    async fn take(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
+        flush_out(self, out).await
+    }
+}
+
+impl BodySink for crate::upstream::UpstreamStream {
+    async fn take(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
+        flush_out(self, out).await
+    }
+}
+
+/// Collects a body in memory, up to a limit.
+pub struct Collect {
+    pub body: Vec<u8>,
+    pub limit: usize,
+}
+
+impl BodySink for Collect {
+    async fn take(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
+        if self.body.len().saturating_add(out.len()) > self.limit {
+            out.clear();
+            return Err(io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                "body over the limit",
+            ));
+        }
+        self.body.extend_from_slice(out);
+        out.clear();
+        Ok(())
+    }
+}
+
 /// Incremental state of one body being moved.
 enum Progress {
     Length { remaining: u64 },
@@ -91,7 +130,7 @@ enum Progress {
 /// bytes to send before the body (a head); they go out with the first body bytes, in one write.
 /// Returns the number of body bytes moved.
 #[allow(clippy::too_many_arguments)]
-pub async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
+pub async fn pump<R: AsyncReadRent, W: BodySink>(
     src: &mut R,
     pending: &mut BytesMut,
     framing: BodyFraming,
@@ -106,7 +145,7 @@ pub async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
             if encode == Encode::Chunked && framing != BodyFraming::None {
                 out.extend_from_slice(LAST_CHUNK);
             }
-            flush_out(dst, out).await.map_err(PumpError::Write)?;
+            dst.take(out).await.map_err(PumpError::Write)?;
             return Ok(0);
         }
         BodyFraming::Length(n) => {
@@ -179,18 +218,18 @@ pub async fn pump<R: AsyncReadRent, W: AsyncWriteRent>(
             if encode == Encode::Chunked {
                 out.extend_from_slice(LAST_CHUNK);
             }
-            flush_out(dst, out).await.map_err(PumpError::Write)?;
+            dst.take(out).await.map_err(PumpError::Write)?;
             return Ok(moved);
         }
         // 2. Send what was produced, then read more.
-        flush_out(dst, out).await.map_err(PumpError::Write)?;
+        dst.take(out).await.map_err(PumpError::Write)?;
         match read_more(src, pending, READ_CHUNK_BYTES, read_timeout).await {
             Ok(0) => {
                 if matches!(progress, Progress::UntilEof) {
                     if encode == Encode::Chunked {
                         out.extend_from_slice(LAST_CHUNK);
                     }
-                    flush_out(dst, out).await.map_err(PumpError::Write)?;
+                    dst.take(out).await.map_err(PumpError::Write)?;
                     return Ok(moved);
                 }
                 return Err(PumpError::ReadEof);

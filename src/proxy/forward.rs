@@ -1,119 +1,148 @@
-//! Forwarding one allowlisted request to the origin and streaming the answer back.
+//! One upstream attempt and the two ways its answer leaves: streamed to the waiting client, or
+//! collected into memory for a deferred job.
 //!
-//! The steps, in order: (1) answer `100 Continue` if asked; (2) decide whether the request can
-//! be replayed (no body, or a Content-Length body of at most [`REPLAY_BODY_LIMIT`] bytes, read
-//! in full first); (3) take a pooled connection (replayable requests only) or open a fresh one;
-//! (4) write the edited head (token, host, forwarding headers; see `http::writer`) and stream
-//! the body; (5) read the response head, skipping 1xx; (6) write the edited response head and
-//! stream the body, re-framed for the client; (7) pool the connection only if the response
-//! was read to its end cleanly.
+//! - [`prepare`] turns an accepted client request into the complete upstream request (edited
+//!   head plus the whole body, read from the client first, bounded by
+//!   `--max-request-body-bytes`): every attempt of a job, first or retry, sends these bytes.
+//! - [`send_attempt`] takes a pooled connection (or opens one within the connect timeout),
+//!   writes the request and reads the response head, skipping 1xx. A pooled connection that
+//!   fails before any response byte (the origin closed it while idle: the unavoidable HTTP/1.1
+//!   keep-alive race) is replaced by a fresh one, once.
+//! - [`stream_response`] writes the edited response head and streams the body to the client,
+//!   re-framed as the client needs; [`collect_response`] reads it into memory for a job's
+//!   result and callback.
 //!
-//! A reused connection that fails before any response byte arrived (the origin closed it while
-//! idle: the unavoidable HTTP/1.1 keep-alive race) is retried once on a fresh connection. Only
-//! replayable requests ride on pooled connections, so the retry always has the whole request;
-//! larger or chunked bodies stream on a fresh connection.
+//! A connection goes back to the pool only when its response was read to the exact end its
+//! framing announced; one that saw a timeout, error or unread body is dropped (closed).
 
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 
-use crate::error::ProxyError;
+use crate::error::{write_error_response, ProxyError};
 use crate::http::request::{Method, RequestHead};
 use crate::http::response::{parse_response, ResponseHead};
 use crate::http::writer::{
-    write_client_response, write_upstream_request, ClientResponseEdits, UpstreamRequestEdits,
+    write_client_response, write_upstream_request_with_query, ClientResponseEdits,
+    UpstreamRequestEdits,
 };
-use crate::http::{BodyFraming, Version};
+use crate::http::{find_header, BodyFraming, Version};
+use crate::jobs::registry::StoredResponse;
 use crate::server::worker::Worker;
 use crate::upstream::UpstreamConn;
 
-use super::body::{flush_out, pump, read_more, Encode, PumpError, READ_CHUNK_BYTES};
+use super::body::{flush_out, pump, read_more, Collect, Encode, PumpError, READ_CHUNK_BYTES};
 use super::{answer_error, ClientConn, Next};
-
-/// Largest request body kept in memory so the request can be replayed on a fresh connection
-/// (64 KiB: signing and verification calls are far smaller; bigger uploads stream instead).
-pub const REPLAY_BODY_LIMIT: u64 = 64 * 1024;
 
 const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
-/// Forwards `head` (whose spans point into `bytes`) and answers the client.
-pub async fn forward(
+/// Why a request could not be prepared; the connection loop answers and closes.
+pub enum PrepareError {
+    /// The client went away or failed mid-body: nothing to answer.
+    Gone,
+    /// Answer with this status/code/message and close.
+    Answer(u16, &'static str, &'static str),
+}
+
+/// Reads the whole request body from the client (answering `100 Continue` first when asked)
+/// and writes the complete upstream request into `out`: the edited head (with `query`
+/// replacing the query string when given) followed by the body in the request's own framing
+/// (a chunked body is decoded strictly and re-encoded as one chunk).
+pub async fn prepare(
     worker: &Worker,
     conn: &mut ClientConn,
     head: &RequestHead,
     bytes: &Bytes,
-) -> Next {
+    query: Option<&[u8]>,
+    out: &mut Vec<u8>,
+) -> Result<(), PrepareError> {
     let config = &worker.config;
-    let timeouts = &config.timeouts;
     let has_body = !matches!(head.framing, BodyFraming::None | BodyFraming::Length(0));
-
-    // (1) The client waits for our go-ahead before sending the body.
     if head.expect_continue && has_body && head.version == Version::Http11 {
         conn.out.clear();
         conn.out.extend_from_slice(CONTINUE_100);
-        if flush_out(&mut conn.stream, &mut conn.out).await.is_err() {
-            return Next::Close;
-        }
-    }
-
-    // (2) Small Content-Length bodies are read in full so the request can be replayed.
-    let replay_len = match head.framing {
-        BodyFraming::None => Some(0usize),
-        BodyFraming::Length(n) if n <= REPLAY_BODY_LIMIT => Some(n as usize),
-        _ => None,
-    };
-    if let Some(n) = replay_len {
-        while conn.buf.len() < n {
-            let missing = n - conn.buf.len();
-            match read_more(
-                &mut conn.stream,
-                &mut conn.buf,
-                missing,
-                timeouts.client_body,
-            )
+        flush_out(&mut conn.stream, &mut conn.out)
             .await
-            {
-                Ok(0) => return Next::Close,
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                    let _ = answer_error(
-                        conn,
-                        408,
-                        "request_timeout",
-                        "the request body was not received in time",
-                        false,
-                    )
-                    .await;
-                    return Next::LingerClose;
-                }
-                Err(_) => return Next::Close,
-            }
-        }
+            .map_err(|_| PrepareError::Gone)?;
     }
-
-    // Bodies keep their framing upstream: a Content-Length body stays one, a chunked body is
-    // decoded strictly and re-encoded.
-    let upstream_framing = head.framing;
     let edits = UpstreamRequestEdits {
         path_prefix: config.origin.path_prefix.as_bytes(),
         host: config.origin.authority.as_bytes(),
         authorization: config.token.expose().as_bytes(),
         client_ip: &conn.peer_ip,
         proto: b"http",
-        framing: upstream_framing,
+        framing: head.framing,
         extra_headers: &[],
     };
+    out.clear();
+    write_upstream_request_with_query(out, head, bytes, &edits, query);
+    // The body is appended right behind the head, in the request's own framing (a chunked
+    // body is decoded strictly and re-encoded). Both buffers are reused across requests.
+    let limit = config.max_request_body_bytes;
+    let mut sink = Collect {
+        body: std::mem::take(out),
+        limit: usize::MAX,
+    };
+    let encode = if head.framing == BodyFraming::Chunked {
+        Encode::Chunked
+    } else {
+        Encode::Raw
+    };
+    let mut scratch = std::mem::take(&mut conn.out);
+    scratch.clear();
+    let result = pump(
+        &mut conn.stream,
+        &mut conn.buf,
+        head.framing,
+        encode,
+        &mut sink,
+        &mut scratch,
+        config.timeouts.client_body,
+        limit,
+    )
+    .await;
+    *out = sink.body;
+    conn.out = scratch;
+    conn.out.clear();
+    match result {
+        Ok(_) => Ok(()),
+        Err(PumpError::ReadTimeout) => Err(PrepareError::Answer(
+            408,
+            "request_timeout",
+            "the request body was not received in time",
+        )),
+        Err(PumpError::TooLarge) | Err(PumpError::Write(_)) => Err(PrepareError::Answer(
+            413,
+            "payload_too_large",
+            "the request body is larger than allowed",
+        )),
+        Err(PumpError::Framing(_)) => Err(PrepareError::Answer(
+            400,
+            "bad_request",
+            "invalid chunked request body",
+        )),
+        Err(PumpError::ReadEof) | Err(PumpError::ReadIo(_)) => Err(PrepareError::Gone),
+    }
+}
 
-    // (3)-(5) Send the request and wait for the response head, retrying once on a fresh
-    // connection when a pooled one turns out to be dead.
+/// The result of one attempt that reached the origin and got a response head.
+pub struct Answer {
+    pub upstream: UpstreamConn,
+    pub head: ResponseHead,
+    pub head_bytes: Bytes,
+}
+
+/// Sends `request` (complete upstream request bytes) and reads the response head.
+pub async fn send_attempt(
+    worker: &Worker,
+    request: &mut Vec<u8>,
+    method: Method,
+) -> Result<Answer, ProxyError> {
+    let timeouts = &worker.config.timeouts;
     let mut attempt = 0;
-    let (mut upstream, response, response_bytes) = loop {
+    loop {
         attempt += 1;
-        let pooled = if replay_len.is_some() {
-            worker.pool.borrow_mut().take(Instant::now())
-        } else {
-            None
-        };
+        let pooled = worker.pool.borrow_mut().take(Instant::now());
         let mut upstream = match pooled {
             Some(c) => c,
             None => {
@@ -121,121 +150,42 @@ pub async fn forward(
                     .await
                 {
                     Ok(Ok(c)) => c,
-                    Ok(Err(e)) => return fail(conn, e, replay_len, head.keep_alive).await,
-                    Err(_) => {
-                        let e = ProxyError::UpstreamConnectTimeout;
-                        return fail(conn, e, replay_len, head.keep_alive).await;
-                    }
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => return Err(ProxyError::UpstreamConnectTimeout),
                 }
             }
         };
-        conn.out.clear();
-        write_upstream_request(&mut conn.out, head, bytes, &edits);
-        let sent = match replay_len {
-            Some(n) => {
-                conn.out.extend_from_slice(&conn.buf[..n]);
-                flush_out(&mut upstream.stream, &mut conn.out)
-                    .await
-                    .map_err(ProxyError::UpstreamIo)
-            }
-            None => {
-                let encode = if upstream_framing == BodyFraming::Chunked {
-                    Encode::Chunked
-                } else {
-                    Encode::Raw
-                };
-                match pump(
-                    &mut conn.stream,
-                    &mut conn.buf,
-                    head.framing,
-                    encode,
-                    &mut upstream.stream,
-                    &mut conn.out,
-                    timeouts.client_body,
-                    config.max_request_body_bytes,
-                )
-                .await
-                {
-                    Ok(_) => Ok(()),
-                    Err(PumpError::Write(e)) => Err(ProxyError::UpstreamIo(e)),
-                    Err(client_fault) => return fail_client_body(conn, client_fault).await,
-                }
-            }
-        };
+        let sent = flush_keep(&mut upstream, request).await;
         let result = match sent {
-            Ok(()) => read_response_head(worker, &mut upstream, head.method).await,
+            Ok(()) => read_response_head(worker, &mut upstream, method).await,
             Err(e) => Err(e),
         };
         match result {
-            Ok((response, response_bytes)) => break (upstream, response, response_bytes),
+            Ok((head, head_bytes)) => {
+                return Ok(Answer {
+                    upstream,
+                    head,
+                    head_bytes,
+                })
+            }
             Err(e) => {
-                let stale = upstream.reused
-                    && upstream.buf.is_empty()
-                    && replay_len.is_some()
-                    && is_stale_error(&e);
+                let stale = upstream.reused && upstream.buf.is_empty() && is_stale_error(&e);
                 drop(upstream);
                 if stale && attempt == 1 {
                     continue;
                 }
-                return fail(conn, e, replay_len, head.keep_alive).await;
+                return Err(e);
             }
         }
-    };
-    // The replayable body has been sent for good: consume it from the client buffer.
-    if let Some(n) = replay_len {
-        conn.buf.advance(n);
     }
+}
 
-    // (6) Answer the client, re-framing the body as the client needs.
-    let client_keep_alive = head.keep_alive;
-    let (client_framing, encode, keep_alive) =
-        client_framing(response.framing, head.version, client_keep_alive);
-    conn.out.clear();
-    write_client_response(
-        &mut conn.out,
-        &response,
-        &response_bytes,
-        &ClientResponseEdits {
-            framing: client_framing,
-            keep_alive,
-            client_version: head.version,
-            // A HEAD or 304 answer keeps the origin's Content-Length: it describes the
-            // representation, not this (empty) body.
-            keep_content_length: head.method == Method::Head || response.status == 304,
-        },
-    );
-    drop(response_bytes);
-    let pumped = pump(
-        &mut upstream.stream,
-        &mut upstream.buf,
-        response.framing,
-        encode,
-        &mut conn.stream,
-        &mut conn.out,
-        timeouts.upstream_read,
-        u64::MAX,
-    )
-    .await;
-    match pumped {
-        Ok(_) => {
-            // (7) Only a connection whose response ended exactly where its framing said goes
-            // back to the pool.
-            let reusable = response.keep_alive
-                && response.framing != BodyFraming::CloseDelimited
-                && upstream.buf.is_empty();
-            if reusable {
-                upstream.reused = true;
-                worker.pool.borrow_mut().put(upstream, Instant::now());
-            }
-            if keep_alive {
-                Next::KeepAlive
-            } else {
-                Next::Close
-            }
-        }
-        // The head is out: the only honest signal left is closing the connection.
-        Err(_) => Next::Close,
-    }
+/// Writes `request` to the upstream without consuming it (the job may send it again).
+async fn flush_keep(upstream: &mut UpstreamConn, request: &mut Vec<u8>) -> Result<(), ProxyError> {
+    use monoio::io::AsyncWriteRentExt;
+    let (res, buf) = upstream.stream.write_all(std::mem::take(request)).await;
+    *request = buf;
+    res.map(|_| ()).map_err(ProxyError::UpstreamIo)
 }
 
 /// Framing, encoding and keep-alive for the client's copy of the response body.
@@ -254,6 +204,192 @@ fn client_framing(
         (BodyFraming::Chunked | BodyFraming::CloseDelimited, Version::Http10) => {
             (BodyFraming::CloseDelimited, Encode::Raw, false)
         }
+    }
+}
+
+/// Writes the edited response head and streams the body to the waiting client; pools the
+/// upstream connection when its response ended cleanly.
+pub async fn stream_response(
+    worker: &Worker,
+    conn: &mut ClientConn,
+    request: &RequestHead,
+    answer: Answer,
+) -> Next {
+    let Answer {
+        mut upstream,
+        head: response,
+        head_bytes,
+    } = answer;
+    let (framing, encode, keep_alive) =
+        client_framing(response.framing, request.version, request.keep_alive);
+    conn.out.clear();
+    write_client_response(
+        &mut conn.out,
+        &response,
+        &head_bytes,
+        &ClientResponseEdits {
+            framing,
+            keep_alive,
+            client_version: request.version,
+            // A HEAD or 304 answer keeps the origin's Content-Length: it describes the
+            // representation, not this (empty) body.
+            keep_content_length: request.method == Method::Head || response.status == 304,
+        },
+    );
+    drop(head_bytes);
+    let pumped = pump(
+        &mut upstream.stream,
+        &mut upstream.buf,
+        response.framing,
+        encode,
+        &mut conn.stream,
+        &mut conn.out,
+        worker.config.timeouts.upstream_read,
+        u64::MAX,
+    )
+    .await;
+    match pumped {
+        Ok(_) => {
+            release(worker, upstream, &response);
+            if keep_alive {
+                Next::KeepAlive
+            } else {
+                Next::Close
+            }
+        }
+        // The head is out: the only honest signal left is closing the connection.
+        Err(_) => Next::Close,
+    }
+}
+
+/// Reads the whole response into memory (at most `--max-response-body-bytes`) as a stored
+/// result: a complete HTTP/1.1 head with `Content-Length`, and the body.
+pub async fn collect_response(
+    worker: &Worker,
+    answer: Answer,
+    method: Method,
+) -> Result<StoredResponse, ProxyError> {
+    let Answer {
+        mut upstream,
+        head: response,
+        head_bytes,
+    } = answer;
+    let limit = worker.config.executor.max_response_body_bytes;
+    let mut sink = Collect {
+        body: Vec::new(),
+        limit: usize::try_from(limit).unwrap_or(usize::MAX),
+    };
+    let mut scratch = Vec::new();
+    let pumped = pump(
+        &mut upstream.stream,
+        &mut upstream.buf,
+        response.framing,
+        Encode::Raw,
+        &mut sink,
+        &mut scratch,
+        worker.config.timeouts.upstream_read,
+        limit,
+    )
+    .await;
+    match pumped {
+        Ok(_) => {}
+        Err(PumpError::ReadTimeout) => return Err(ProxyError::UpstreamTimeout),
+        Err(PumpError::ReadIo(e)) => return Err(ProxyError::UpstreamIo(e)),
+        Err(PumpError::ReadEof) => {
+            return Err(ProxyError::UpstreamMalformed(
+                "connection closed inside the body",
+            ))
+        }
+        Err(PumpError::Framing(why)) => return Err(ProxyError::UpstreamMalformed(why)),
+        Err(PumpError::TooLarge) | Err(PumpError::Write(_)) => {
+            return Err(ProxyError::UpstreamMalformed(
+                "response body larger than --max-response-body-bytes",
+            ))
+        }
+    }
+    release(worker, upstream, &response);
+    let body = Bytes::from(sink.body);
+    let framing = if method == Method::Head || response.status == 304 {
+        BodyFraming::None
+    } else {
+        BodyFraming::Length(body.len() as u64)
+    };
+    let mut head = Vec::with_capacity(head_bytes.len() + 32);
+    write_client_response(
+        &mut head,
+        &response,
+        &head_bytes,
+        &ClientResponseEdits {
+            framing,
+            keep_alive: true,
+            client_version: Version::Http11,
+            keep_content_length: framing == BodyFraming::None,
+        },
+    );
+    let content_type = find_header(&response.headers, &head_bytes, b"content-type")
+        .map(|v| String::from_utf8_lossy(v).into_owned());
+    Ok(StoredResponse {
+        status: response.status,
+        head: Bytes::from(head),
+        body,
+        content_type,
+        from_upstream: true,
+    })
+}
+
+/// A sluice-generated error as a stored result (the job's answer when no upstream answer
+/// could be had).
+pub fn stored_error(e: &ProxyError) -> StoredResponse {
+    let (status, code) = e.status();
+    let mut full = Vec::new();
+    write_error_response(&mut full, status, code, e.message(), true);
+    let split = full
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
+        .unwrap_or(full.len());
+    let body = Bytes::copy_from_slice(&full[split..]);
+    full.truncate(split);
+    StoredResponse {
+        status,
+        head: Bytes::from(full),
+        body,
+        content_type: Some("application/json".to_string()),
+        from_upstream: false,
+    }
+}
+
+/// Writes a stored result to a waiting client, adding `Connection: close` when the connection
+/// ends after it.
+pub async fn write_stored(
+    conn: &mut ClientConn,
+    stored: &StoredResponse,
+    keep_alive: bool,
+) -> Next {
+    conn.out.clear();
+    let head = &stored.head[..];
+    if keep_alive {
+        conn.out.extend_from_slice(head);
+    } else {
+        conn.out
+            .extend_from_slice(&head[..head.len().saturating_sub(2)]);
+        conn.out.extend_from_slice(b"Connection: close\r\n\r\n");
+    }
+    conn.out.extend_from_slice(&stored.body);
+    match flush_out(&mut conn.stream, &mut conn.out).await {
+        Ok(()) if keep_alive => Next::KeepAlive,
+        _ => Next::Close,
+    }
+}
+
+/// Returns a connection whose response ended exactly where its framing said to the pool.
+fn release(worker: &Worker, mut upstream: UpstreamConn, response: &ResponseHead) {
+    let reusable = response.keep_alive
+        && response.framing != BodyFraming::CloseDelimited
+        && upstream.buf.is_empty();
+    if reusable {
+        upstream.reused = true;
+        worker.pool.borrow_mut().put(upstream, Instant::now());
     }
 }
 
@@ -319,57 +455,12 @@ fn is_stale_error(e: &ProxyError) -> bool {
     matches!(e, ProxyError::UpstreamClosed | ProxyError::UpstreamIo(_))
 }
 
-/// Answers a forwarding failure with its JSON error. `replay_len` is the size of a body that
-/// was read in full (it is consumed now, so the next request starts at its own first byte);
-/// `None` means a streamed body may be partly unread, so the connection closes after the answer.
-/// A close after an unread body lingers; otherwise it is immediate.
-async fn fail(
-    conn: &mut ClientConn,
-    e: ProxyError,
-    replay_len: Option<usize>,
-    client_keep_alive: bool,
-) -> Next {
+/// Answers a sluice-generated error to a still-waiting client whose request was consumed
+/// completely.
+pub async fn answer_failure(conn: &mut ClientConn, e: &ProxyError, keep_alive: bool) -> Next {
     let (status, code) = e.status();
-    crate::log::debug(format_args!("forwarding failed: {e}"));
-    if matches!(e, ProxyError::UpstreamTls(_)) {
-        crate::log::warn(format_args!("upstream TLS failure: {e}"));
-    }
-    let keep_alive = match replay_len {
-        Some(n) => {
-            conn.buf.advance(n);
-            client_keep_alive
-        }
-        None => {
-            conn.buf.clear();
-            false
-        }
-    };
     match answer_error(conn, status, code, e.message(), keep_alive).await {
-        Err(_) => Next::Close,
         Ok(()) if keep_alive => Next::KeepAlive,
-        Ok(()) if replay_len.is_some() => Next::Close,
-        Ok(()) => Next::LingerClose,
+        _ => Next::Close,
     }
-}
-
-/// The client's body broke while it was being streamed upstream.
-async fn fail_client_body(conn: &mut ClientConn, e: PumpError) -> Next {
-    conn.buf.clear();
-    let (status, code, message) = match e {
-        PumpError::ReadTimeout => (
-            408,
-            "request_timeout",
-            "the request body was not received in time",
-        ),
-        PumpError::TooLarge => (
-            413,
-            "payload_too_large",
-            "the request body is larger than allowed",
-        ),
-        PumpError::Framing(_) => (400, "bad_request", "invalid chunked request body"),
-        // The client closed or reset: nobody is left to answer.
-        _ => return Next::Close,
-    };
-    let _ = answer_error(conn, status, code, message, false).await;
-    Next::LingerClose
 }

@@ -60,18 +60,27 @@ pub struct ClientConn {
 /// Serves one accepted client connection until it closes.
 pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
-    let mut conn = ClientConn {
+    let conn = ClientConn {
         stream,
         buf: worker.take_buf(),
         out: Vec::new(),
         peer_ip: ip_text(peer.ip()),
     };
-    let linger = serve_requests(&worker, &mut conn).await;
-    if linger {
-        lingering_close(&mut conn).await;
+    continue_serving(worker, conn).await;
+}
+
+/// Serves requests on `conn` until it closes, or until a deferred job moves it to a new task
+/// (which calls this again).
+pub async fn continue_serving(worker: Rc<Worker>, conn: ClientConn) {
+    let mut slot = Some(conn);
+    let linger = serve_requests(&worker, &mut slot).await;
+    if let Some(mut conn) = slot {
+        if linger {
+            lingering_close(&mut conn).await;
+        }
+        let ClientConn { buf, .. } = conn;
+        worker.give_buf(buf);
     }
-    let ClientConn { buf, .. } = conn;
-    worker.give_buf(buf);
 }
 
 /// What happens to the connection after an answer.
@@ -82,11 +91,16 @@ pub enum Next {
     Close,
     /// Close after draining unread input, so the last answer is not lost to a reset.
     LingerClose,
+    /// The connection moved to another task (its job was deferred); this task is done with it.
+    Detached,
 }
 
 /// The request loop. Returns whether the close should linger.
-async fn serve_requests(worker: &Rc<Worker>, conn: &mut ClientConn) -> bool {
+async fn serve_requests(worker: &Rc<Worker>, slot: &mut Option<ClientConn>) -> bool {
     loop {
+        let Some(conn) = slot.as_mut() else {
+            return false;
+        };
         let (head, bytes) = match read_head(worker, conn).await {
             HeadRead::Head(head, bytes) => (head, bytes),
             HeadRead::Closed => return false,
@@ -106,29 +120,38 @@ async fn serve_requests(worker: &Rc<Worker>, conn: &mut ClientConn) -> bool {
                 return true;
             }
         };
-        let next = handle(worker, conn, &head, &bytes).await;
+        let next = handle(worker, slot, &head, &bytes).await;
         drop(bytes);
         match next {
             Next::KeepAlive => {}
-            Next::Close => return false,
+            Next::Close | Next::Detached => return false,
             Next::LingerClose => return true,
         }
     }
 }
 
+/// The reserved path prefix of sluice's own endpoints; never forwarded.
+pub const RESERVED_PREFIX: &[u8] = b"/_sluice/";
+
 /// Decides what one parsed request gets.
 async fn handle(
     worker: &Rc<Worker>,
-    conn: &mut ClientConn,
+    slot: &mut Option<ClientConn>,
     head: &RequestHead,
     bytes: &Bytes,
 ) -> Next {
+    let Some(conn) = slot.as_mut() else {
+        return Next::Close;
+    };
     let config = &worker.config;
     let has_body = !matches!(head.framing, BodyFraming::None | BodyFraming::Length(0));
     // Without reading the body, the next request's start is unknown: close after answering.
     let keep_alive_without_body = head.keep_alive && !has_body;
     let path = head.path.get(bytes);
-    if config.allowlist.match_path(path).is_none() {
+    if path.starts_with(RESERVED_PREFIX) {
+        return crate::jobs::api::handle(worker, conn, head, bytes, keep_alive_without_body).await;
+    }
+    let Some(endpoint) = config.allowlist.match_path(path) else {
         return reply_error(
             conn,
             404,
@@ -137,7 +160,7 @@ async fn handle(
             keep_alive_without_body,
         )
         .await;
-    }
+    };
     if let BodyFraming::Length(n) = head.framing {
         if n > config.max_request_body_bytes {
             return reply_error(
@@ -150,11 +173,58 @@ async fn handle(
             .await;
         }
     }
-    forward::forward(worker, conn, head, bytes).await
+    // The `callback` query parameter belongs to sluice: validate it and strip it before
+    // anything is sent upstream.
+    let mut query_buf = worker.take_request_buf();
+    let mut callback = None;
+    let mut query: Option<&[u8]> = None;
+    if let Some(q) = head.query {
+        let raw = q.get(bytes);
+        match crate::webhook::strip_callback(raw, &mut query_buf) {
+            Ok(None) => {}
+            Ok(Some(value)) => match crate::webhook::CallbackUrl::parse(value) {
+                Ok(url) => {
+                    callback = Some(url);
+                    query = Some(&query_buf);
+                }
+                Err(why) => {
+                    worker.give_request_buf(query_buf);
+                    return reply_error(conn, 400, "bad_request", why, keep_alive_without_body)
+                        .await;
+                }
+            },
+            Err(why) => {
+                worker.give_request_buf(query_buf);
+                return reply_error(conn, 400, "bad_request", why, keep_alive_without_body).await;
+            }
+        }
+    }
+    let mut request = worker.take_request_buf();
+    let prepared = forward::prepare(worker, conn, head, bytes, query, &mut request).await;
+    worker.give_request_buf(query_buf);
+    match prepared {
+        Ok(()) => {}
+        Err(forward::PrepareError::Gone) => {
+            worker.give_request_buf(request);
+            return Next::Close;
+        }
+        Err(forward::PrepareError::Answer(status, code, message)) => {
+            worker.give_request_buf(request);
+            conn.buf.clear();
+            return reply_error(conn, status, code, message, false).await;
+        }
+    }
+    let job = crate::jobs::run::JobRequest {
+        limiter: worker.limiters.for_endpoint(endpoint).0,
+        method: head.method,
+        bytes: request,
+        callback,
+    };
+    crate::jobs::run::serve_job(worker, slot, head, job).await
 }
 
 /// Writes a JSON error answer and says what to do with the connection.
-async fn reply_error(
+pub async fn reply_error(
     conn: &mut ClientConn,
     status: u16,
     code: &str,

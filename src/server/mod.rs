@@ -27,7 +27,7 @@ use monoio::{FusionDriver, FusionRuntime, IoUringDriver, LegacyDriver, RuntimeBu
 
 use crate::config::Config;
 use crate::upstream::Upstream;
-use worker::Worker;
+use worker::{Shared, Worker};
 
 /// io_uring submission queue entries per worker. Every pending socket read is an entry in
 /// flight, so this bounds how many operations a worker can queue at once before submitting.
@@ -37,6 +37,8 @@ pub const LISTEN_BACKLOG: i32 = 4096;
 /// How often each worker closes pooled upstream connections that passed their idle timeout,
 /// as a fraction of that timeout.
 const POOL_SWEEPS_PER_IDLE_TIMEOUT: u32 = 4;
+/// How often finished jobs past their retention are removed from the registry.
+const JOB_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The I/O driver a worker runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +94,7 @@ impl Server {
         if config.port != 0 {
             refuse_port_in_use(requested)?;
         }
+        let shared = Arc::new(shared_state(config.clone(), upstream)?);
         let cpus = allowed_cpus();
         let (tx, rx) = mpsc::channel::<Result<(SocketAddr, Driver), String>>();
         let mut threads = Vec::with_capacity(config.workers);
@@ -99,11 +102,11 @@ impl Server {
         let mut driver = Driver::Epoll;
         for id in 0..config.workers {
             let cpu = cpus[id % cpus.len()];
-            let (config, upstream, tx) = (config.clone(), upstream.clone(), tx.clone());
+            let (shared, tx) = (shared.clone(), tx.clone());
             let addr = bound;
             let handle = std::thread::Builder::new()
                 .name(format!("sluice-worker-{id}"))
-                .spawn(move || run_worker(id, cpu, addr, config, upstream, tx))
+                .spawn(move || run_worker(id, cpu, addr, shared, tx))
                 .map_err(|e| format!("cannot start worker thread: {e}"))?;
             threads.push(handle);
             // Wait for this worker's listener before starting the next: worker 0 decides the
@@ -155,8 +158,7 @@ fn run_worker(
     id: usize,
     cpu: usize,
     addr: SocketAddr,
-    config: Arc<Config>,
-    upstream: Arc<Upstream>,
+    shared: Arc<Shared>,
     tx: mpsc::Sender<Result<(SocketAddr, Driver), String>>,
 ) {
     if let Err(e) = monoio::utils::bind_to_cpu_set([cpu]) {
@@ -202,8 +204,12 @@ fn run_worker(
         };
         let _ = tx.send(Ok((local, driver)));
         drop(tx);
-        let worker = Rc::new(Worker::new(id, config, upstream));
+        let worker = Rc::new(Worker::new(id, &shared));
+        monoio::spawn(worker.timers.clone().run());
         monoio::spawn(sweep_pool(worker.clone()));
+        if id == 0 {
+            monoio::spawn(sweep_jobs(worker.clone()));
+        }
         accept_loop(worker, listener).await;
     });
 }
@@ -267,6 +273,50 @@ impl<F: Future> Future for CatchUnwind<F> {
             Ok(Poll::Pending) => Poll::Pending,
             Err(_) => Poll::Ready(Err(())),
         }
+    }
+}
+
+/// Builds the state all workers share: rate limiters, the deferred-job registry and the
+/// webhook sender (its threads start here, off the I/O threads).
+fn shared_state(config: Arc<Config>, upstream: Arc<Upstream>) -> Result<Shared, String> {
+    let ex = &config.executor;
+    let limiters = crate::limit::Registry::new(
+        config.allowlist.len(),
+        ex.rate_limit,
+        ex.rate_limit_algorithm,
+        ex.rate_limit_scope,
+        ex.rate_limit_margin,
+    );
+    let registry = Arc::new(crate::jobs::registry::Registry::new(ex.job_retention));
+    let report_registry = registry.clone();
+    let report = Arc::new(move |report: crate::webhook::DeliveryReport| {
+        crate::jobs::registry::record_delivery(&report_registry, &report);
+    });
+    let tls = crate::upstream::tls::client_config(config.ca_file.as_deref())?;
+    let mut sender_config = crate::webhook::SenderConfig::new(Arc::new(tls));
+    sender_config.secret = ex.webhook_secret.clone();
+    sender_config.allow = ex.callback_allow.clone();
+    sender_config.retry = ex.webhook_retry;
+    sender_config.request_timeout = ex.webhook_timeout;
+    let webhooks = crate::webhook::Sender::start(sender_config, report)
+        .map_err(|e| format!("cannot start the webhook sender: {e}"))?;
+    Ok(Shared {
+        config: config.clone(),
+        upstream,
+        limiters: Arc::new(limiters),
+        registry,
+        webhooks: webhooks.handle(),
+        sender: std::sync::Mutex::new(Some(webhooks)),
+        epoch: std::time::Instant::now(),
+        epoch_wall: std::time::SystemTime::now(),
+    })
+}
+
+/// Removes finished deferred jobs past their retention time (one worker does it for all).
+async fn sweep_jobs(worker: Rc<Worker>) {
+    loop {
+        monoio::time::sleep(JOB_SWEEP_INTERVAL).await;
+        worker.registry.sweep(std::time::SystemTime::now());
     }
 }
 

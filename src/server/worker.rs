@@ -1,49 +1,110 @@
 //! Per-core state: everything one worker thread's tasks share, without locks.
 //!
 //! A [`Worker`] lives in an `Rc` on its own thread (monoio tasks are `!Send`): the read-only
-//! configuration and origin description (`Arc`s shared with the other workers), this core's
-//! upstream keep-alive pool, and this core's pool of client read buffers.
+//! [`Shared`] state of the process (configuration, origin, rate limiters, deferred-job
+//! registry, webhook sender: `Arc`s shared with the other workers), and this core's own parts:
+//! the upstream keep-alive pool, the timer service, the rate-limit wait queues, a random
+//! generator for retry jitter, and pools of reusable buffers.
 
 use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
 
 use crate::config::Config;
 use crate::http::HeadLimits;
+use crate::jobs::backoff::Rng;
+use crate::jobs::registry::{JobRecord, JobStatus, Registry, StoredResponse};
+use crate::jobs::slots::SlotQueues;
+use crate::limit::Registry as Limiters;
+use crate::timer::Timers;
 use crate::upstream::pool::Pool;
 use crate::upstream::Upstream;
+use crate::webhook::{CallbackUrl, Delivery, JobOutcome, Sender, SenderHandle};
 
 /// Initial capacity of a client connection's read buffer. Typical request heads are well under
 /// 1 KiB; the buffer grows (up to `--max-head-bytes` for heads) only when needed.
 pub const CLIENT_READ_BUF_BYTES: usize = 4 * 1024;
 /// Client read buffers kept for reuse per worker; beyond this, returned buffers are freed.
 pub const MAX_POOLED_CLIENT_BUFS: usize = 1024;
+/// Request buffers (upstream request bytes of open jobs) kept for reuse per worker.
+pub const MAX_POOLED_REQUEST_BUFS: usize = 256;
+/// A request buffer that grew beyond this (a large body) is freed rather than kept.
+pub const MAX_POOLED_REQUEST_BUF_BYTES: usize = 64 * 1024;
+/// Resolution of the per-core timer wheel (deadlines, retry schedules).
+pub const TIMER_TICK: Duration = Duration::from_millis(1);
+
+/// State shared by all workers (read-only or internally synchronised).
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub upstream: Arc<Upstream>,
+    pub limiters: Arc<Limiters>,
+    pub registry: Arc<Registry>,
+    /// Submits deliveries to the webhook sender threads (cloneable, never blocks).
+    pub webhooks: SenderHandle,
+    /// The sender itself, kept for shutdown (flushing undelivered callbacks).
+    pub sender: std::sync::Mutex<Option<Sender>>,
+    /// The process clock's zero: worker clocks count nanoseconds from here.
+    pub epoch: Instant,
+    /// Wall-clock time at `epoch`, to show times in job status documents.
+    pub epoch_wall: SystemTime,
+}
 
 pub struct Worker {
     pub id: usize,
     pub config: Arc<Config>,
     pub upstream: Arc<Upstream>,
+    pub limiters: Arc<Limiters>,
+    pub registry: Arc<Registry>,
+    pub webhooks: SenderHandle,
     pub pool: RefCell<Pool>,
     pub limits: HeadLimits,
+    pub timers: Rc<Timers>,
+    pub slots: SlotQueues,
+    pub rng: RefCell<Rng>,
+    epoch_wall: SystemTime,
     bufs: RefCell<Vec<BytesMut>>,
+    request_bufs: RefCell<Vec<Vec<u8>>>,
 }
 
 impl Worker {
-    pub fn new(id: usize, config: Arc<Config>, upstream: Arc<Upstream>) -> Worker {
+    pub fn new(id: usize, shared: &Shared) -> Worker {
+        let config = shared.config.clone();
         let limits = HeadLimits {
             max_head_bytes: config.max_head_bytes,
             max_headers: config.max_headers,
         };
         let pool = Pool::new(config.upstream_max_idle, config.timeouts.upstream_idle);
+        // Jitter only needs to differ between workers and runs, not to be secret.
+        let seed = shared
+            .epoch
+            .elapsed()
+            .as_nanos()
+            .wrapping_add(id as u128 * 0x9E37_79B9_7F4A_7C15) as u64
+            | 1;
         Worker {
             id,
-            config,
-            upstream,
+            upstream: shared.upstream.clone(),
+            limiters: shared.limiters.clone(),
+            registry: shared.registry.clone(),
+            webhooks: shared.webhooks.clone(),
             pool: RefCell::new(pool),
             limits,
+            timers: Timers::new(shared.epoch, TIMER_TICK),
+            slots: SlotQueues::new(shared.limiters.len()),
+            rng: RefCell::new(Rng::new(seed)),
+            epoch_wall: shared.epoch_wall,
             bufs: RefCell::new(Vec::new()),
+            request_bufs: RefCell::new(Vec::new()),
+            config,
         }
+    }
+
+    /// Wall-clock time of a worker-clock instant (nanoseconds since the epoch).
+    pub fn system_time_at(&self, nanos: u64) -> SystemTime {
+        self.epoch_wall + Duration::from_nanos(nanos)
     }
 
     /// A read buffer for a new client connection, reused when one is free.
@@ -57,14 +118,63 @@ impl Worker {
     /// Gives a client read buffer back when its connection ends.
     pub fn give_buf(&self, mut buf: BytesMut) {
         buf.clear();
-        // A buffer whose memory is still shared with a frozen head, or that shrank below the
-        // standard size, is not worth keeping.
+        // A buffer that shrank below the standard size is not worth keeping.
         if buf.capacity() < CLIENT_READ_BUF_BYTES {
             return;
         }
         let mut bufs = self.bufs.borrow_mut();
         if bufs.len() < MAX_POOLED_CLIENT_BUFS {
             bufs.push(buf);
+        }
+    }
+
+    /// A buffer for a job's upstream request bytes.
+    pub fn take_request_buf(&self) -> Vec<u8> {
+        self.request_bufs.borrow_mut().pop().unwrap_or_default()
+    }
+
+    /// Returns a request buffer for reuse.
+    pub fn give_request_buf(&self, mut buf: Vec<u8>) {
+        if buf.capacity() == 0 || buf.capacity() > MAX_POOLED_REQUEST_BUF_BYTES {
+            return;
+        }
+        buf.clear();
+        let mut bufs = self.request_bufs.borrow_mut();
+        if bufs.len() < MAX_POOLED_REQUEST_BUFS {
+            bufs.push(buf);
+        }
+    }
+
+    /// Hands a finished deferred job's callback to the webhook sender (never blocks).
+    pub fn submit_callback(
+        &self,
+        record: &JobRecord,
+        url: CallbackUrl,
+        stored: &StoredResponse,
+        status: JobStatus,
+        attempts: u32,
+    ) {
+        let outcome = if status == JobStatus::Succeeded {
+            JobOutcome::Succeeded
+        } else {
+            JobOutcome::Failed
+        };
+        let delivery = Delivery::new(
+            record.id.as_string(),
+            url,
+            stored.body.clone(),
+            stored.content_type.clone(),
+            outcome,
+            stored.from_upstream.then_some(stored.status),
+            attempts,
+            SystemTime::now(),
+        );
+        if let Err(closed) = self.webhooks.submit(delivery) {
+            // Only after shutdown started; persistence (a later issue) keeps these.
+            crate::log::warn(format_args!(
+                "callback of job {} not queued: the webhook sender is shut down",
+                closed.0.job_id
+            ));
         }
     }
 }

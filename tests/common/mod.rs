@@ -10,8 +10,10 @@
 
 pub mod client;
 pub mod origin;
+pub mod signing;
 pub mod sluice;
 pub mod tls;
+pub mod webhook;
 pub mod wire;
 
 use std::time::Duration;
@@ -47,9 +49,20 @@ pub fn for_both_drivers(scenario: impl Fn(bool)) {
 }
 
 /// `sluice -t testtoken --paths STD_PATHS -o ORIGIN EXTRA...` (plus `Sluice::start` defaults).
+///
+/// These are the gateway tests: unless the test sets them, the executor's policies are opened
+/// up (`--rate-limit 1000000/1s --retry-max-attempts 1`) so that each request is exactly one
+/// upstream attempt answered directly, as a plain proxy would. The executor's tests
+/// (`tests/executor*.rs`) set their own limits and retries.
 pub fn start_proxy(origin_url: &str, extra: &[&str], legacy: bool) -> Sluice {
     let mut args = vec!["-t", TOKEN, "--paths", STD_PATHS, "-o", origin_url];
     args.extend_from_slice(extra);
+    if !extra.contains(&"--rate-limit") {
+        args.extend(["--rate-limit", "1000000/1s"]);
+    }
+    if !extra.contains(&"--retry-max-attempts") {
+        args.extend(["--retry-max-attempts", "1"]);
+    }
     Sluice::start(&args, legacy)
 }
 

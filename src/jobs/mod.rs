@@ -1,0 +1,19 @@
+//! The job executor: what happens between accepting an allowlisted request and its terminal
+//! state.
+//!
+//! - [`run`]: drives one job (rate-limit slot, attempts, backoff) and answers its client within
+//!   the ingress deadline, or with `202 Accepted` and carries on.
+//! - [`slots`]: this core's FIFO queues of requests waiting for a rate-limit slot.
+//! - [`backoff`]: the retry policy (which failures, exponential backoff with full jitter,
+//!   `Retry-After`, attempt and TTL caps).
+//! - [`registry`]: deferred jobs by id, shared by all cores, with their state and result.
+//! - [`api`]: `GET /_sluice/jobs/<id>` and `GET /_sluice/jobs/<id>/result`.
+//!
+//! Not here: the limiters themselves (`crate::limit`), timers (`crate::timer`), webhook
+//! delivery (`crate::webhook`).
+
+pub mod api;
+pub mod backoff;
+pub mod registry;
+pub mod run;
+pub mod slots;

@@ -1,0 +1,353 @@
+//! Running one job: rate-limit slot, attempt, retry with backoff, until a terminal state; and
+//! answering its client within the deadline, or with `202 Accepted` and carrying on.
+//!
+//! The job is driven by the task of the client connection that brought it, so the direct path
+//! (answer before the deadline, the common case) spawns nothing and allocates nothing: the
+//! attempt's response head comes back to the same task and the body streams straight to the
+//! client. Two futures race in that task: the driver ([`drive`]) and the deadline. When the
+//! deadline wins (or the driver says the answer cannot arrive in time: the next retry or the
+//! next rate-limit slot is later than the deadline), the client gets its 202, the client
+//! connection moves to a fresh task (so keep-alive goes on), and this task keeps driving the
+//! job to its end; the pending upstream read is never dropped, so no response byte is lost.
+//!
+//! A deferred job is registered in the shared [`Registry`](super::registry::Registry) under a
+//! fresh id, where `/_sluice/jobs/<id>` finds it; its final answer is kept there (bounded by
+//! `--max-response-body-bytes`) for `/result` and the callback.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::{pin, Pin};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use crate::error::ProxyError;
+use crate::http::find_header;
+use crate::http::request::{Method, RequestHead};
+use crate::jobs::backoff::parse_retry_after;
+use crate::jobs::registry::{CallbackState, JobRecord, JobState, JobStatus, StoredResponse};
+use crate::proxy::forward::{
+    collect_response, send_attempt, stored_error, stream_response, write_stored, Answer,
+};
+use crate::proxy::{ClientConn, Next};
+use crate::server::worker::Worker;
+
+/// What a job needs from the request that created it.
+pub struct JobRequest {
+    /// Limiter this job's attempts take slots from.
+    pub limiter: usize,
+    pub method: Method,
+    /// The complete upstream request (edited head and body), sent by every attempt.
+    pub bytes: Vec<u8>,
+    /// The raw, validated callback URL, if the client gave one.
+    pub callback: Option<crate::webhook::CallbackUrl>,
+}
+
+/// How the driver ended. The answer travels by value on purpose: boxing it would allocate on
+/// the direct path, once per request.
+#[allow(clippy::large_enum_variant)]
+enum Driven {
+    /// A terminal response head while the client still waits: stream it.
+    Direct(Answer),
+    /// A final result in memory.
+    Stored(StoredResponse),
+}
+
+/// State shared by the driver and the client side of one job (same task, no locks).
+struct Ctl {
+    /// Whether the creating client still waits for the answer (no 202 yet).
+    client_waiting: Cell<bool>,
+    /// Set by the driver when the answer cannot arrive before the deadline.
+    defer_now: Cell<bool>,
+    /// The registry entry, once the job is deferred.
+    record: RefCell<Option<Arc<JobRecord>>>,
+    attempts: Cell<u32>,
+    last_status: Cell<Option<u16>>,
+    /// Next attempt time (nanos on the worker clock), while retrying.
+    next_attempt: Cell<Option<u64>>,
+    status: Cell<JobStatus>,
+    /// Job creation time (nanos on the worker clock).
+    created: u64,
+    /// The client's deadline (nanos on the worker clock).
+    deadline: u64,
+}
+
+impl Ctl {
+    /// Copies the job's progress into its registry entry, if it has one.
+    fn publish(&self, worker: &Worker) {
+        if let Some(record) = self.record.borrow().as_ref() {
+            let mut s = record.lock();
+            s.status = self.status.get();
+            s.attempts = self.attempts.get();
+            s.last_upstream_status = self.last_status.get();
+            s.next_attempt_at = self.next_attempt.get().map(|t| worker.system_time_at(t));
+        }
+    }
+}
+
+/// Runs the job for the client in `slot` and answers it. Returns what the connection loop
+/// does next; [`Next::Detached`] when the connection moved to another task.
+pub async fn serve_job(
+    worker: &Rc<Worker>,
+    slot: &mut Option<ClientConn>,
+    head: &RequestHead,
+    mut request: JobRequest,
+) -> Next {
+    let now = worker.timers.now();
+    let deadline = now.saturating_add(duration_nanos(worker.config.timeouts.ingress_request));
+    let ctl = Ctl {
+        client_waiting: Cell::new(true),
+        defer_now: Cell::new(false),
+        record: RefCell::new(None),
+        attempts: Cell::new(0),
+        last_status: Cell::new(None),
+        next_attempt: Cell::new(None),
+        status: Cell::new(JobStatus::Pending),
+        created: now,
+        deadline,
+    };
+    let callback = request.callback.take();
+    let outcome = {
+        let mut driver = pin!(drive(worker, &ctl, &mut request));
+        let mut timer = pin!(worker.timers.sleep_until(deadline));
+        let first = Race {
+            driver: driver.as_mut(),
+            deadline: timer.as_mut(),
+            ctl: &ctl,
+        }
+        .await;
+        match first {
+            Some(driven) => Ok(driven),
+            None => {
+                // Deferred: register, answer 202, hand the connection to a new task, and keep
+                // driving the job here.
+                ctl.client_waiting.set(false);
+                let record = worker.registry.insert(JobState {
+                    status: ctl.status.get(),
+                    attempts: ctl.attempts.get(),
+                    last_upstream_status: ctl.last_status.get(),
+                    next_attempt_at: ctl.next_attempt.get().map(|t| worker.system_time_at(t)),
+                    created_at: worker.system_time_at(ctl.created),
+                    finished_at: None,
+                    result: None,
+                    callback: if callback.is_some() {
+                        CallbackState::Pending
+                    } else {
+                        CallbackState::None
+                    },
+                });
+                *ctl.record.borrow_mut() = Some(record.clone());
+                crate::log::debug(format_args!("job {} deferred", record.id.as_string()));
+                if let Some(mut conn) = slot.take() {
+                    let next = answer_accepted(&mut conn, &record, head.keep_alive).await;
+                    if next == Next::KeepAlive {
+                        let w = worker.clone();
+                        monoio::spawn(crate::proxy::continue_serving(w, conn));
+                    }
+                }
+                let driven = driver.await;
+                Err((record, driven))
+            }
+        }
+    };
+    worker.give_request_buf(std::mem::take(&mut request.bytes));
+    match outcome {
+        Ok(Driven::Direct(answer)) => match slot.as_mut() {
+            Some(conn) => stream_response(worker, conn, head, answer).await,
+            None => Next::Close,
+        },
+        Ok(Driven::Stored(stored)) => match slot.as_mut() {
+            Some(conn) => write_stored(conn, &stored, head.keep_alive).await,
+            None => Next::Close,
+        },
+        Err((record, driven)) => {
+            let stored = match driven {
+                Driven::Stored(s) => s,
+                // The driver never streams once the client is gone; keep the type honest.
+                Driven::Direct(answer) => {
+                    match collect_response(worker, answer, request.method).await {
+                        Ok(s) => s,
+                        Err(e) => stored_error(&e),
+                    }
+                }
+            };
+            finish(worker, &ctl, &record, stored, callback);
+            Next::Detached
+        }
+    }
+}
+
+/// Records the final state of a deferred job and hands its callback to the webhook sender.
+fn finish(
+    worker: &Worker,
+    ctl: &Ctl,
+    record: &Arc<JobRecord>,
+    stored: StoredResponse,
+    callback: Option<crate::webhook::CallbackUrl>,
+) {
+    let succeeded = stored.from_upstream && (200..300).contains(&stored.status);
+    let status = if succeeded {
+        JobStatus::Succeeded
+    } else {
+        JobStatus::Failed
+    };
+    ctl.status.set(status);
+    ctl.next_attempt.set(None);
+    ctl.publish(worker);
+    {
+        let mut s = record.lock();
+        s.finished_at = Some(SystemTime::now());
+        s.result = Some(stored.clone());
+    }
+    crate::log::debug(format_args!(
+        "job {} {} after {} attempts",
+        record.id.as_string(),
+        status.as_str(),
+        ctl.attempts.get()
+    ));
+    if let Some(url) = callback {
+        worker.submit_callback(record, url, &stored, status, ctl.attempts.get());
+    }
+}
+
+/// Drives the job's attempts until a terminal state.
+async fn drive(worker: &Rc<Worker>, ctl: &Ctl, request: &mut JobRequest) -> Driven {
+    let policy = &worker.config.executor.retry;
+    let timers = &worker.timers;
+    loop {
+        // Do not hold the caller when the next slot is certainly too late.
+        if ctl.client_waiting.get() {
+            let free_at = worker
+                .limiters
+                .limiter(request.limiter)
+                .next_free(timers.now());
+            if free_at > ctl.deadline {
+                ctl.defer_now.set(true);
+            }
+        }
+        worker
+            .slots
+            .acquire(&worker.limiters, request.limiter, timers)
+            .await;
+        let attempt = ctl.attempts.get().saturating_add(1);
+        ctl.attempts.set(attempt);
+        ctl.next_attempt.set(None);
+        ctl.publish(worker);
+        let result = send_attempt(worker, &mut request.bytes, request.method).await;
+        let (retriable, retry_after) = match &result {
+            Ok(answer) => {
+                ctl.last_status.set(Some(answer.head.status));
+                let retry_after =
+                    find_header(&answer.head.headers, &answer.head_bytes, b"retry-after")
+                        .and_then(|v| parse_retry_after(v, unix_now()));
+                (policy.retry_on.status(answer.head.status), retry_after)
+            }
+            Err(e) => (is_retriable(e, policy), None),
+        };
+        if retriable {
+            let delay = policy.delay(attempt, retry_after, &mut worker.rng.borrow_mut());
+            let now = timers.now();
+            let next = now.saturating_add(duration_nanos(delay));
+            if policy.may_retry(attempt, ctl.created, next) {
+                // Close the failed attempt's connection (its body is not wanted).
+                drop(result);
+                ctl.status.set(JobStatus::Retrying);
+                ctl.next_attempt.set(Some(next));
+                ctl.publish(worker);
+                if ctl.client_waiting.get() && next > ctl.deadline {
+                    ctl.defer_now.set(true);
+                }
+                timers.sleep_until(next).await;
+                continue;
+            }
+        }
+        // Terminal.
+        return match result {
+            Ok(answer) if ctl.client_waiting.get() => Driven::Direct(answer),
+            Ok(answer) => match collect_response(worker, answer, request.method).await {
+                Ok(stored) => Driven::Stored(stored),
+                Err(e) => Driven::Stored(stored_error(&e)),
+            },
+            Err(e) => Driven::Stored(stored_error(&e)),
+        };
+    }
+}
+
+/// Whether a transport failure may be retried under the operator's `--retry-on`.
+fn is_retriable(e: &ProxyError, policy: &crate::jobs::backoff::RetryPolicy) -> bool {
+    match e {
+        ProxyError::UpstreamConnectTimeout | ProxyError::UpstreamTimeout => {
+            policy.retry_on.timeout()
+        }
+        ProxyError::UpstreamConnect(_) | ProxyError::UpstreamIo(_) | ProxyError::UpstreamClosed => {
+            policy.retry_on.connect_error()
+        }
+        _ => false,
+    }
+}
+
+/// Writes `202 Accepted` with the job's `Location` and status document.
+async fn answer_accepted(conn: &mut ClientConn, record: &JobRecord, keep_alive: bool) -> Next {
+    use crate::http::writer::write_usize;
+    let id = record.id.to_hex();
+    let mut body: smallvec::SmallVec<[u8; 160]> = smallvec::SmallVec::new();
+    body.extend_from_slice(b"{\"id\":\"");
+    body.extend_from_slice(&id);
+    body.extend_from_slice(b"\",\"status\":\"pending\",\"status_url\":\"/_sluice/jobs/");
+    body.extend_from_slice(&id);
+    body.extend_from_slice(b"\"}\n");
+    conn.out.clear();
+    conn.out.extend_from_slice(
+        b"HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nLocation: /_sluice/jobs/",
+    );
+    conn.out.extend_from_slice(&id);
+    conn.out.extend_from_slice(b"\r\nContent-Length: ");
+    write_usize(&mut conn.out, body.len());
+    if !keep_alive {
+        conn.out.extend_from_slice(b"\r\nConnection: close");
+    }
+    conn.out.extend_from_slice(b"\r\n\r\n");
+    conn.out.extend_from_slice(&body);
+    match crate::proxy::body::flush_out(&mut conn.stream, &mut conn.out).await {
+        Ok(()) if keep_alive => Next::KeepAlive,
+        _ => Next::Close,
+    }
+}
+
+/// Polls the driver first, then the defer flag, then the deadline; returns `Some` when the
+/// driver finished first, `None` when the client must be answered with a 202 now. The driver
+/// is not consumed: after `None` it is awaited again.
+struct Race<'a, D, T> {
+    driver: Pin<&'a mut D>,
+    deadline: Pin<&'a mut T>,
+    ctl: &'a Ctl,
+}
+
+impl<D: Future, T: Future> Future for Race<'_, D, T> {
+    type Output = Option<D::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Poll::Ready(v) = self.driver.as_mut().poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        if self.ctl.defer_now.get() {
+            return Poll::Ready(None);
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    }
+}
+
+fn duration_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

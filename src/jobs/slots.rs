@@ -1,0 +1,140 @@
+//! Waiting for a rate-limit slot: one FIFO queue per limiter on each core.
+//!
+//! The limiters themselves (`crate::limit`) are shared by all cores and answer "yes" or "not
+//! before time T" without blocking. This module turns that into a fair wait on one core: a
+//! request that finds the limiter closed joins the back of its limiter's queue; only the
+//! request at the front sleeps on a timer (until the time the limiter named), the others wait
+//! to be woken by the one before them. Nothing polls: a waiter runs only when its timer fires
+//! or the queue moves. Leaving the queue (cancellation, deadline) wakes the next waiter.
+//!
+//! Across cores the fronts of the per-core queues compete through the shared limiter; the
+//! limiter keeps the total exact whatever the interleaving.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+
+use crate::limit::Registry as Limiters;
+use crate::timer::Timers;
+
+struct Waiter {
+    ticket: u64,
+    waker: Option<Waker>,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: VecDeque<Waiter>,
+    next_ticket: u64,
+}
+
+impl Queue {
+    fn front_ticket(&self) -> Option<u64> {
+        self.waiting.front().map(|w| w.ticket)
+    }
+
+    fn wake_front(&mut self) {
+        if let Some(w) = self.waiting.front_mut() {
+            if let Some(waker) = w.waker.take() {
+                waker.wake();
+            }
+        }
+    }
+
+    fn remove(&mut self, ticket: u64) {
+        if let Some(pos) = self.waiting.iter().position(|w| w.ticket == ticket) {
+            self.waiting.remove(pos);
+            if pos == 0 {
+                self.wake_front();
+            }
+        }
+    }
+}
+
+/// This core's wait queues, one per limiter.
+pub struct SlotQueues {
+    queues: RefCell<Vec<Queue>>,
+}
+
+/// Removes a ticket from its queue when the waiting future is dropped before it got a slot.
+struct TicketGuard<'a> {
+    queues: &'a SlotQueues,
+    limiter: usize,
+    ticket: Option<u64>,
+}
+
+impl Drop for TicketGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket {
+            self.queues.queues.borrow_mut()[self.limiter].remove(ticket);
+        }
+    }
+}
+
+impl SlotQueues {
+    pub fn new(limiters: usize) -> SlotQueues {
+        SlotQueues {
+            queues: RefCell::new((0..limiters).map(|_| Queue::default()).collect()),
+        }
+    }
+
+    /// Requests waiting on this core for `limiter`.
+    pub fn depth(&self, limiter: usize) -> usize {
+        self.queues.borrow()[limiter].waiting.len()
+    }
+
+    /// Waits until `limiter` grants a send slot, in FIFO order with the other waiters of this
+    /// core. Dropping the future leaves the queue.
+    pub async fn acquire(&self, limiters: &Limiters, limiter: usize, timers: &Rc<Timers>) {
+        let lim = limiters.limiter(limiter);
+        // Fast path: nobody queued here and a slot is free.
+        if self.queues.borrow()[limiter].waiting.is_empty() && lim.try_acquire(timers.now()).is_ok()
+        {
+            return;
+        }
+        let ticket = {
+            let mut queues = self.queues.borrow_mut();
+            let q = &mut queues[limiter];
+            let ticket = q.next_ticket;
+            q.next_ticket = q.next_ticket.wrapping_add(1);
+            q.waiting.push_back(Waiter {
+                ticket,
+                waker: None,
+            });
+            ticket
+        };
+        let mut guard = TicketGuard {
+            queues: self,
+            limiter,
+            ticket: Some(ticket),
+        };
+        loop {
+            // Wait to reach the front of the queue.
+            poll_fn(|cx| {
+                let mut queues = self.queues.borrow_mut();
+                let q = &mut queues[limiter];
+                if q.front_ticket() == Some(ticket) {
+                    return Poll::Ready(());
+                }
+                if let Some(w) = q.waiting.iter_mut().find(|w| w.ticket == ticket) {
+                    w.waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            })
+            .await;
+            match lim.try_acquire(timers.now()) {
+                Ok(()) => {
+                    guard.ticket = None;
+                    let mut queues = self.queues.borrow_mut();
+                    let q = &mut queues[limiter];
+                    q.waiting.pop_front();
+                    q.wake_front();
+                    return;
+                }
+                Err(retry_at) => timers.sleep_until(retry_at).await,
+            }
+        }
+    }
+}
