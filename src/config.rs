@@ -182,6 +182,12 @@ pub struct Cli {
     #[arg(long = "max-response-body-bytes", default_value_t = 8 * 1024 * 1024)]
     pub max_response_body_bytes: u64,
 
+    /// Most open jobs (in flight upstream or waiting for a slot, whether their client still
+    /// waits or already got a 202) across all workers; beyond it, requests answer 503 with
+    /// Retry-After.
+    #[arg(long = "max-inflight", default_value_t = 10_000)]
+    pub max_inflight: usize,
+
     /// Signs callbacks per the Standard Webhooks spec (`webhook-id`, `webhook-timestamp`,
     /// `webhook-signature`) with this `whsec_<base64>` secret. Also from SLUICE_WEBHOOK_SECRET.
     #[arg(
@@ -477,6 +483,7 @@ pub struct ExecutorConfig {
     pub callback_allow: crate::webhook::CallbackAllow,
     pub webhook_retry: crate::webhook::RetryPolicy,
     pub webhook_timeout: Duration,
+    pub max_inflight: usize,
 }
 
 fn millis(flag: &'static str, ms: u64) -> Result<Duration, ConfigError> {
@@ -660,6 +667,10 @@ fn executor_config(cli: &Cli) -> Result<ExecutorConfig, ConfigError> {
             }
         },
         webhook_timeout: millis("--webhook-timeout-ms", cli.webhook_timeout_ms)?,
+        max_inflight: match cli.max_inflight {
+            0 => return Err(ConfigError::new("--max-inflight", "must be at least 1")),
+            n => n,
+        },
         callback_allow: match &cli.callback_allow {
             Some(list) => crate::webhook::CallbackAllow::parse(list)
                 .map_err(|e| ConfigError::new("--callback-allow", e))?,

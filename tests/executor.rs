@@ -478,3 +478,37 @@ fn failures_are_reported_by_callback_too() {
     let json = poll_status(&sluice, &location, |j| j["callback"] == "delivered");
     assert_eq!(json["status"], "failed");
 }
+
+#[test]
+fn max_inflight_caps_open_jobs_across_workers() {
+    for_both_drivers(|legacy| {
+        let origin = MockOrigin::start(|req| {
+            let mut r = Reply::ok(format!("done {}", req.target));
+            if req.target.contains("slow") {
+                r.steps.insert(0, Step::Sleep(Duration::from_millis(600)));
+            }
+            r
+        });
+        let sluice = start(
+            &origin.url(),
+            &["--max-inflight", "1", "--ingress-request-timeout-ms", "100"],
+            legacy,
+        );
+        let first = sluice.connect().get("/crypto/sign?message=slow");
+        assert_eq!(first.status, 202, "{}", first.head_text());
+        // The deferred job is still open: the cap is reached, on any worker.
+        for _ in 0..4 {
+            let resp = sluice.connect().get("/crypto/sign?message=other");
+            assert_json_error(&resp, 503, "over_capacity");
+            assert_eq!(resp.header("retry-after").as_deref(), Some("1"));
+        }
+        let location = first.header("location").unwrap();
+        poll_status(&sluice, &location, terminal);
+        let after = sluice.connect().get("/crypto/sign?message=other");
+        assert_eq!(
+            after.status, 200,
+            "the slot is free again once the job ended"
+        );
+        assert_eq!(origin.requests().len(), 2);
+    });
+}

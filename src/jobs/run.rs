@@ -35,6 +35,8 @@ use crate::server::worker::Worker;
 
 /// What a job needs from the request that created it.
 pub struct JobRequest {
+    /// This job's place under `--max-inflight`, released when the job ends.
+    pub open: Option<crate::server::worker::OpenJob>,
     /// Limiter this job's attempts take slots from.
     pub limiter: usize,
     pub method: Method,
@@ -172,6 +174,9 @@ pub async fn serve_job(
                     }
                 }
             };
+            // Release the job's place before its terminal state becomes visible, so that
+            // whoever sees "finished" also sees the capacity again.
+            drop(request.open.take());
             finish(worker, &ctl, &record, stored, callback);
             Next::Detached
         }

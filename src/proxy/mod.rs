@@ -173,6 +173,10 @@ async fn handle(
             .await;
         }
     }
+    // Every forwarded request is an open job until its terminal state.
+    let Some(open_job) = worker.open_job() else {
+        return reply_overloaded(conn, keep_alive_without_body).await;
+    };
     // The `callback` query parameter belongs to sluice: validate it and strip it before
     // anything is sent upstream.
     let mut query_buf = worker.take_request_buf();
@@ -215,12 +219,45 @@ async fn handle(
         }
     }
     let job = crate::jobs::run::JobRequest {
+        open: Some(open_job),
         limiter: worker.limiters.for_endpoint(endpoint).0,
         method: head.method,
         bytes: request,
         callback,
     };
     crate::jobs::run::serve_job(worker, slot, head, job).await
+}
+
+/// Seconds a client is asked to wait (`Retry-After`) when `--max-inflight` jobs are open.
+const OVERLOAD_RETRY_AFTER_SECS: u32 = 1;
+
+/// `503 Service Unavailable` with `Retry-After`: too many open jobs.
+async fn reply_overloaded(conn: &mut ClientConn, keep_alive: bool) -> Next {
+    conn.out.clear();
+    let mut full = Vec::new();
+    write_error_response(
+        &mut full,
+        503,
+        "over_capacity",
+        "too many open jobs; retry later",
+        keep_alive,
+    );
+    // Insert Retry-After after the status line.
+    let line_end = full
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .map(|p| p + 2)
+        .unwrap_or(0);
+    conn.out.extend_from_slice(&full[..line_end]);
+    conn.out.extend_from_slice(b"Retry-After: ");
+    crate::http::writer::write_usize(&mut conn.out, OVERLOAD_RETRY_AFTER_SECS as usize);
+    conn.out.extend_from_slice(b"\r\n");
+    conn.out.extend_from_slice(&full[line_end..]);
+    match flush_out(&mut conn.stream, &mut conn.out).await {
+        Ok(()) if keep_alive => Next::KeepAlive,
+        Ok(()) => Next::LingerClose,
+        Err(_) => Next::Close,
+    }
 }
 
 /// Writes a JSON error answer and says what to do with the connection.

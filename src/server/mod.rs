@@ -307,6 +307,7 @@ fn shared_state(config: Arc<Config>, upstream: Arc<Upstream>) -> Result<Shared, 
         registry,
         webhooks: webhooks.handle(),
         sender: std::sync::Mutex::new(Some(webhooks)),
+        open_jobs: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         epoch: std::time::Instant::now(),
         epoch_wall: std::time::SystemTime::now(),
     })

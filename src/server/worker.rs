@@ -8,6 +8,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -46,6 +47,8 @@ pub struct Shared {
     pub webhooks: SenderHandle,
     /// The sender itself, kept for shutdown (flushing undelivered callbacks).
     pub sender: std::sync::Mutex<Option<Sender>>,
+    /// Open jobs across all workers (for `--max-inflight`).
+    pub open_jobs: Arc<AtomicUsize>,
     /// The process clock's zero: worker clocks count nanoseconds from here.
     pub epoch: Instant,
     /// Wall-clock time at `epoch`, to show times in job status documents.
@@ -59,6 +62,7 @@ pub struct Worker {
     pub limiters: Arc<Limiters>,
     pub registry: Arc<Registry>,
     pub webhooks: SenderHandle,
+    pub open_jobs: Arc<AtomicUsize>,
     pub pool: RefCell<Pool>,
     pub limits: HeadLimits,
     pub timers: Rc<Timers>,
@@ -90,6 +94,7 @@ impl Worker {
             limiters: shared.limiters.clone(),
             registry: shared.registry.clone(),
             webhooks: shared.webhooks.clone(),
+            open_jobs: shared.open_jobs.clone(),
             pool: RefCell::new(pool),
             limits,
             timers: Timers::new(shared.epoch, TIMER_TICK),
@@ -100,6 +105,20 @@ impl Worker {
             request_bufs: RefCell::new(Vec::new()),
             config,
         }
+    }
+
+    /// Counts a new open job, or refuses it when `--max-inflight` jobs are open already. The
+    /// slot is released when the returned guard drops (the job reached a terminal state).
+    pub fn open_job(&self) -> Option<OpenJob> {
+        let cap = self.config.executor.max_inflight;
+        let before = self.open_jobs.fetch_add(1, Ordering::AcqRel);
+        if before >= cap {
+            self.open_jobs.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(OpenJob {
+            count: self.open_jobs.clone(),
+        })
     }
 
     /// Wall-clock time of a worker-clock instant (nanoseconds since the epoch).
@@ -176,5 +195,16 @@ impl Worker {
                 closed.0.job_id
             ));
         }
+    }
+}
+
+/// One open job counted against `--max-inflight`; dropping it releases the slot.
+pub struct OpenJob {
+    count: Arc<AtomicUsize>,
+}
+
+impl Drop for OpenJob {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
     }
 }
