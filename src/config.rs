@@ -182,6 +182,11 @@ pub struct Cli {
     #[arg(long = "max-response-body-bytes", default_value_t = 8 * 1024 * 1024)]
     pub max_response_body_bytes: u64,
 
+    /// Which identical requests (method, path, query without `callback`, body) share one
+    /// upstream call while a job for them is open: `off`, `safe` (GET and HEAD) or `all`.
+    #[arg(long = "dedup", default_value = "safe")]
+    pub dedup: String,
+
     /// Most open jobs (in flight upstream or waiting for a slot, whether their client still
     /// waits or already got a 202) across all workers; beyond it, requests answer 503 with
     /// Retry-After.
@@ -484,6 +489,37 @@ pub struct ExecutorConfig {
     pub webhook_retry: crate::webhook::RetryPolicy,
     pub webhook_timeout: Duration,
     pub max_inflight: usize,
+    pub dedup: DedupMode,
+}
+
+/// Which requests are deduplicated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DedupMode {
+    Off,
+    /// GET and HEAD only: repeating them is harmless by definition.
+    Safe,
+    /// Every method (the operator knows the upstream's semantics).
+    All,
+}
+
+impl DedupMode {
+    pub fn parse(s: &str) -> Result<DedupMode, String> {
+        match s {
+            "off" => Ok(DedupMode::Off),
+            "safe" => Ok(DedupMode::Safe),
+            "all" => Ok(DedupMode::All),
+            _ => Err(format!("must be off, safe or all (got {s:?})")),
+        }
+    }
+
+    pub fn applies(self, method: crate::http::request::Method) -> bool {
+        use crate::http::request::Method;
+        match self {
+            DedupMode::Off => false,
+            DedupMode::Safe => matches!(method, Method::Get | Method::Head),
+            DedupMode::All => true,
+        }
+    }
 }
 
 fn millis(flag: &'static str, ms: u64) -> Result<Duration, ConfigError> {
@@ -667,6 +703,7 @@ fn executor_config(cli: &Cli) -> Result<ExecutorConfig, ConfigError> {
             }
         },
         webhook_timeout: millis("--webhook-timeout-ms", cli.webhook_timeout_ms)?,
+        dedup: DedupMode::parse(&cli.dedup).map_err(|e| ConfigError::new("--dedup", e))?,
         max_inflight: match cli.max_inflight {
             0 => return Err(ConfigError::new("--max-inflight", "must be at least 1")),
             n => n,

@@ -15,11 +15,11 @@
 //! `--max-response-body-bytes`) for `/result` and the callback.
 
 use std::cell::{Cell, RefCell};
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
 use crate::error::ProxyError;
@@ -32,6 +32,24 @@ use crate::proxy::forward::{
 };
 use crate::proxy::{ClientConn, Next};
 use crate::server::worker::Worker;
+
+/// Identifies identical requests (method, path, query without `callback`, body): the first
+/// 16 bytes of their SHA-256.
+pub type DedupKey = [u8; 16];
+
+/// The dedup key of a request.
+pub fn dedup_key(method: &[u8], path: &[u8], query: &[u8], body: &[u8]) -> DedupKey {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in [method, path, query] {
+        ctx.update(&(part.len() as u64).to_le_bytes());
+        ctx.update(part);
+    }
+    ctx.update(body);
+    let digest = ctx.finish();
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest.as_ref()[..16]);
+    key
+}
 
 /// What a job needs from the request that created it.
 pub struct JobRequest {
@@ -56,13 +74,14 @@ enum Driven {
     Stored(StoredResponse),
 }
 
-/// State shared by the driver and the client side of one job (same task, no locks).
-struct Ctl {
+/// Per-core state of one open job, shared (same thread, no locks) by its driver, its creating
+/// client and any identical requests attached to it (dedup).
+pub struct JobCell {
     /// Whether the creating client still waits for the answer (no 202 yet).
     client_waiting: Cell<bool>,
-    /// Set by the driver when the answer cannot arrive before the deadline.
+    /// Set by the driver when the answer cannot arrive before the creator's deadline.
     defer_now: Cell<bool>,
-    /// The registry entry, once the job is deferred.
+    /// The registry entry, once any of the job's clients got a 202.
     record: RefCell<Option<Arc<JobRecord>>>,
     attempts: Cell<u32>,
     last_status: Cell<Option<u16>>,
@@ -71,11 +90,36 @@ struct Ctl {
     status: Cell<JobStatus>,
     /// Job creation time (nanos on the worker clock).
     created: u64,
-    /// The client's deadline (nanos on the worker clock).
+    /// The creating client's deadline (nanos on the worker clock).
     deadline: u64,
+    /// Distinct callback URLs of the clients that got a 202.
+    callbacks: RefCell<Vec<crate::webhook::CallbackUrl>>,
+    /// Attached duplicates still waiting for the answer itself.
+    attached: Cell<usize>,
+    /// The final answer, once there is one (for attached duplicates).
+    result: RefCell<Option<StoredResponse>>,
+    waiters: RefCell<Vec<Waker>>,
 }
 
-impl Ctl {
+impl JobCell {
+    fn new(created: u64, deadline: u64) -> JobCell {
+        JobCell {
+            client_waiting: Cell::new(true),
+            defer_now: Cell::new(false),
+            record: RefCell::new(None),
+            attempts: Cell::new(0),
+            last_status: Cell::new(None),
+            next_attempt: Cell::new(None),
+            status: Cell::new(JobStatus::Pending),
+            created,
+            deadline,
+            callbacks: RefCell::new(Vec::new()),
+            attached: Cell::new(0),
+            result: RefCell::new(None),
+            waiters: RefCell::new(Vec::new()),
+        }
+    }
+
     /// Copies the job's progress into its registry entry, if it has one.
     fn publish(&self, worker: &Worker) {
         if let Some(record) = self.record.borrow().as_ref() {
@@ -86,60 +130,88 @@ impl Ctl {
             s.next_attempt_at = self.next_attempt.get().map(|t| worker.system_time_at(t));
         }
     }
+
+    /// The job's registry entry, registering the job under a fresh id if no client of it was
+    /// deferred before.
+    fn ensure_record(&self, worker: &Worker) -> Arc<JobRecord> {
+        if let Some(record) = self.record.borrow().as_ref() {
+            return record.clone();
+        }
+        let record = worker.registry.insert(JobState {
+            status: self.status.get(),
+            attempts: self.attempts.get(),
+            last_upstream_status: self.last_status.get(),
+            next_attempt_at: self.next_attempt.get().map(|t| worker.system_time_at(t)),
+            created_at: worker.system_time_at(self.created),
+            finished_at: None,
+            result: None,
+            callback: CallbackState::None,
+        });
+        *self.record.borrow_mut() = Some(record.clone());
+        record
+    }
+
+    /// Adds a deferred client's callback, once per distinct URL.
+    fn add_callback(&self, url: Option<crate::webhook::CallbackUrl>) {
+        let Some(url) = url else { return };
+        let mut callbacks = self.callbacks.borrow_mut();
+        if !callbacks.iter().any(|c| c.as_str() == url.as_str()) {
+            callbacks.push(url);
+        }
+        if let Some(record) = self.record.borrow().as_ref() {
+            record.lock().callback = CallbackState::Pending;
+        }
+    }
+
+    /// Whether the answer must be kept in memory rather than streamed to the creator: someone
+    /// else (an attached duplicate, a deferred client) needs it too.
+    fn must_store(&self) -> bool {
+        !self.client_waiting.get() || self.attached.get() > 0 || self.record.borrow().is_some()
+    }
+
+    /// Publishes the final answer to attached duplicates.
+    fn complete(&self, stored: &StoredResponse) {
+        *self.result.borrow_mut() = Some(stored.clone());
+        for w in self.waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
 }
 
 /// Runs the job for the client in `slot` and answers it. Returns what the connection loop
-/// does next; [`Next::Detached`] when the connection moved to another task.
+/// does next; [`Next::Detached`] when the connection moved to another task. With a dedup
+/// `key`, identical requests arriving while the job is open attach to it ([`attach`]).
 pub async fn serve_job(
     worker: &Rc<Worker>,
     slot: &mut Option<ClientConn>,
     head: &RequestHead,
     mut request: JobRequest,
+    key: Option<DedupKey>,
 ) -> Next {
     let now = worker.timers.now();
     let deadline = now.saturating_add(duration_nanos(worker.config.timeouts.ingress_request));
-    let ctl = Ctl {
-        client_waiting: Cell::new(true),
-        defer_now: Cell::new(false),
-        record: RefCell::new(None),
-        attempts: Cell::new(0),
-        last_status: Cell::new(None),
-        next_attempt: Cell::new(None),
-        status: Cell::new(JobStatus::Pending),
-        created: now,
-        deadline,
-    };
+    let cell = Rc::new(JobCell::new(now, deadline));
+    if let Some(key) = key {
+        worker.dedup.borrow_mut().insert(key, cell.clone());
+    }
     let callback = request.callback.take();
     let outcome = {
-        let mut driver = pin!(drive(worker, &ctl, &mut request));
+        let mut driver = pin!(drive(worker, &cell, &mut request, key));
         let mut timer = pin!(worker.timers.sleep_until(deadline));
         let first = Race {
             driver: driver.as_mut(),
             deadline: timer.as_mut(),
-            ctl: &ctl,
+            defer_now: &cell.defer_now,
         }
         .await;
         match first {
-            Some(driven) => Ok(driven),
+            Some(driven) => driven,
             None => {
                 // Deferred: register, answer 202, hand the connection to a new task, and keep
                 // driving the job here.
-                ctl.client_waiting.set(false);
-                let record = worker.registry.insert(JobState {
-                    status: ctl.status.get(),
-                    attempts: ctl.attempts.get(),
-                    last_upstream_status: ctl.last_status.get(),
-                    next_attempt_at: ctl.next_attempt.get().map(|t| worker.system_time_at(t)),
-                    created_at: worker.system_time_at(ctl.created),
-                    finished_at: None,
-                    result: None,
-                    callback: if callback.is_some() {
-                        CallbackState::Pending
-                    } else {
-                        CallbackState::None
-                    },
-                });
-                *ctl.record.borrow_mut() = Some(record.clone());
+                cell.client_waiting.set(false);
+                let record = cell.ensure_record(worker);
+                cell.add_callback(callback);
                 crate::log::debug(format_args!("job {} deferred", record.id.as_string()));
                 if let Some(mut conn) = slot.take() {
                     let next = answer_accepted(&mut conn, &record, head.keep_alive).await;
@@ -148,58 +220,88 @@ pub async fn serve_job(
                         monoio::spawn(crate::proxy::continue_serving(w, conn));
                     }
                 }
-                let driven = driver.await;
-                Err((record, driven))
+                driver.await
             }
         }
     };
     worker.give_request_buf(std::mem::take(&mut request.bytes));
-    match outcome {
-        Ok(Driven::Direct(answer)) => match slot.as_mut() {
-            Some(conn) => stream_response(worker, conn, head, answer).await,
-            None => Next::Close,
-        },
-        Ok(Driven::Stored(stored)) => match slot.as_mut() {
-            Some(conn) => write_stored(conn, &stored, head.keep_alive).await,
-            None => Next::Close,
-        },
-        Err((record, driven)) => {
-            let stored = match driven {
-                Driven::Stored(s) => s,
-                // The driver never streams once the client is gone; keep the type honest.
-                Driven::Direct(answer) => {
-                    match collect_response(worker, answer, request.method).await {
-                        Ok(s) => s,
-                        Err(e) => stored_error(&e),
-                    }
-                }
-            };
-            // Release the job's place before its terminal state becomes visible, so that
-            // whoever sees "finished" also sees the capacity again.
+    let stored = match outcome {
+        Driven::Direct(answer) => {
             drop(request.open.take());
-            finish(worker, &ctl, &record, stored, callback);
-            Next::Detached
+            return match slot.as_mut() {
+                Some(conn) => stream_response(worker, conn, head, answer).await,
+                None => Next::Close,
+            };
         }
+        Driven::Stored(stored) => stored,
+    };
+    // Release the job's place before its terminal state becomes visible, so that whoever sees
+    // "finished" also sees the capacity again.
+    drop(request.open.take());
+    cell.complete(&stored);
+    let record = cell.record.borrow().clone();
+    if let Some(record) = record {
+        finish(worker, &cell, &record, &stored);
+    }
+    match slot.as_mut() {
+        Some(conn) if cell.client_waiting.get() => {
+            write_stored(conn, &stored, head.keep_alive).await
+        }
+        Some(_) => Next::Close,
+        None => Next::Detached,
     }
 }
 
-/// Records the final state of a deferred job and hands its callback to the webhook sender.
-fn finish(
-    worker: &Worker,
-    ctl: &Ctl,
-    record: &Arc<JobRecord>,
-    stored: StoredResponse,
+/// A duplicate of an open job on this core: wait for the job's answer until this client's own
+/// deadline, then answer 202 with the job's id (registering the job if needed); its callback,
+/// if new, is notified too.
+pub async fn attach(
+    worker: &Rc<Worker>,
+    conn: &mut ClientConn,
+    head: &RequestHead,
+    cell: Rc<JobCell>,
     callback: Option<crate::webhook::CallbackUrl>,
-) {
+) -> Next {
+    let deadline = worker
+        .timers
+        .now()
+        .saturating_add(duration_nanos(worker.config.timeouts.ingress_request));
+    cell.attached.set(cell.attached.get() + 1);
+    let mut timer = pin!(worker.timers.sleep_until(deadline));
+    let answered = poll_fn(|cx| {
+        if cell.result.borrow().is_some() {
+            return Poll::Ready(true);
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(false);
+        }
+        cell.waiters.borrow_mut().push(cx.waker().clone());
+        Poll::Pending
+    })
+    .await;
+    cell.attached.set(cell.attached.get().saturating_sub(1));
+    if answered {
+        let stored = cell.result.borrow().clone();
+        if let Some(stored) = stored {
+            return write_stored(conn, &stored, head.keep_alive).await;
+        }
+    }
+    let record = cell.ensure_record(worker);
+    cell.add_callback(callback);
+    answer_accepted(conn, &record, head.keep_alive).await
+}
+
+/// Records the final state of a deferred job and hands its callbacks to the webhook sender.
+fn finish(worker: &Worker, cell: &JobCell, record: &Arc<JobRecord>, stored: &StoredResponse) {
     let succeeded = stored.from_upstream && (200..300).contains(&stored.status);
     let status = if succeeded {
         JobStatus::Succeeded
     } else {
         JobStatus::Failed
     };
-    ctl.status.set(status);
-    ctl.next_attempt.set(None);
-    ctl.publish(worker);
+    cell.status.set(status);
+    cell.next_attempt.set(None);
+    cell.publish(worker);
     {
         let mut s = record.lock();
         s.finished_at = Some(SystemTime::now());
@@ -209,15 +311,20 @@ fn finish(
         "job {} {} after {} attempts",
         record.id.as_string(),
         status.as_str(),
-        ctl.attempts.get()
+        cell.attempts.get()
     ));
-    if let Some(url) = callback {
-        worker.submit_callback(record, url, &stored, status, ctl.attempts.get());
+    for url in cell.callbacks.borrow_mut().drain(..) {
+        worker.submit_callback(record, url, stored, status, cell.attempts.get());
     }
 }
 
 /// Drives the job's attempts until a terminal state.
-async fn drive(worker: &Rc<Worker>, ctl: &Ctl, request: &mut JobRequest) -> Driven {
+async fn drive(
+    worker: &Rc<Worker>,
+    ctl: &JobCell,
+    request: &mut JobRequest,
+    key: Option<DedupKey>,
+) -> Driven {
     let policy = &worker.config.executor.retry;
     let timers = &worker.timers;
     loop {
@@ -267,9 +374,12 @@ async fn drive(worker: &Rc<Worker>, ctl: &Ctl, request: &mut JobRequest) -> Driv
                 continue;
             }
         }
-        // Terminal.
+        // Terminal: later identical requests start a job of their own.
+        if let Some(key) = key {
+            worker.dedup.borrow_mut().remove(&key);
+        }
         return match result {
-            Ok(answer) if ctl.client_waiting.get() => Driven::Direct(answer),
+            Ok(answer) if !ctl.must_store() => Driven::Direct(answer),
             Ok(answer) => match collect_response(worker, answer, request.method).await {
                 Ok(stored) => Driven::Stored(stored),
                 Err(e) => Driven::Stored(stored_error(&e)),
@@ -326,7 +436,7 @@ async fn answer_accepted(conn: &mut ClientConn, record: &JobRecord, keep_alive: 
 struct Race<'a, D, T> {
     driver: Pin<&'a mut D>,
     deadline: Pin<&'a mut T>,
-    ctl: &'a Ctl,
+    defer_now: &'a Cell<bool>,
 }
 
 impl<D: Future, T: Future> Future for Race<'_, D, T> {
@@ -336,7 +446,7 @@ impl<D: Future, T: Future> Future for Race<'_, D, T> {
         if let Poll::Ready(v) = self.driver.as_mut().poll(cx) {
             return Poll::Ready(Some(v));
         }
-        if self.ctl.defer_now.get() {
+        if self.defer_now.get() {
             return Poll::Ready(None);
         }
         if self.deadline.as_mut().poll(cx).is_ready() {

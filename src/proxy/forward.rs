@@ -45,7 +45,7 @@ pub enum PrepareError {
 }
 
 /// Reads the whole request body from the client (answering `100 Continue` first when asked)
-/// and writes the complete upstream request into `out`: the edited head (with `query`
+/// and writes the complete upstream request into `out`, returning where the body starts: the edited head (with `query`
 /// replacing the query string when given) followed by the body in the request's own framing
 /// (a chunked body is decoded strictly and re-encoded as one chunk).
 pub async fn prepare(
@@ -55,7 +55,7 @@ pub async fn prepare(
     bytes: &Bytes,
     query: Option<&[u8]>,
     out: &mut Vec<u8>,
-) -> Result<(), PrepareError> {
+) -> Result<usize, PrepareError> {
     let config = &worker.config;
     let has_body = !matches!(head.framing, BodyFraming::None | BodyFraming::Length(0));
     if head.expect_continue && has_body && head.version == Version::Http11 {
@@ -76,6 +76,7 @@ pub async fn prepare(
     };
     out.clear();
     write_upstream_request_with_query(out, head, bytes, &edits, query);
+    let head_len = out.len();
     // The body is appended right behind the head, in the request's own framing (a chunked
     // body is decoded strictly and re-encoded). Both buffers are reused across requests.
     let limit = config.max_request_body_bytes;
@@ -105,7 +106,7 @@ pub async fn prepare(
     conn.out = scratch;
     conn.out.clear();
     match result {
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(head_len),
         Err(PumpError::ReadTimeout) => Err(PrepareError::Answer(
             408,
             "request_timeout",

@@ -205,17 +205,40 @@ async fn handle(
     }
     let mut request = worker.take_request_buf();
     let prepared = forward::prepare(worker, conn, head, bytes, query, &mut request).await;
-    worker.give_request_buf(query_buf);
-    match prepared {
-        Ok(()) => {}
+    let body_start = match prepared {
+        Ok(at) => at,
         Err(forward::PrepareError::Gone) => {
+            worker.give_request_buf(query_buf);
             worker.give_request_buf(request);
             return Next::Close;
         }
         Err(forward::PrepareError::Answer(status, code, message)) => {
+            worker.give_request_buf(query_buf);
             worker.give_request_buf(request);
             conn.buf.clear();
             return reply_error(conn, status, code, message, false).await;
+        }
+    };
+    // Identical requests attach to an open job instead of calling the upstream again.
+    let key = if config.executor.dedup.applies(head.method) && head.framing != BodyFraming::Chunked
+    {
+        let q = query.or(head.query.map(|q| q.get(bytes))).unwrap_or(b"");
+        Some(crate::jobs::run::dedup_key(
+            head.method_span.get(bytes),
+            path,
+            q,
+            request.get(body_start..).unwrap_or(b""),
+        ))
+    } else {
+        None
+    };
+    worker.give_request_buf(query_buf);
+    if let Some(key) = key {
+        let open = worker.dedup.borrow().get(&key).cloned();
+        if let Some(cell) = open {
+            worker.give_request_buf(request);
+            drop(open_job);
+            return crate::jobs::run::attach(worker, conn, head, cell, callback).await;
         }
     }
     let job = crate::jobs::run::JobRequest {
@@ -225,7 +248,7 @@ async fn handle(
         bytes: request,
         callback,
     };
-    crate::jobs::run::serve_job(worker, slot, head, job).await
+    crate::jobs::run::serve_job(worker, slot, head, job, key).await
 }
 
 /// Seconds a client is asked to wait (`Retry-After`) when `--max-inflight` jobs are open.

@@ -7,6 +7,7 @@
 //! generator for retry jitter, and pools of reusable buffers.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use crate::config::Config;
 use crate::http::HeadLimits;
 use crate::jobs::backoff::Rng;
 use crate::jobs::registry::{JobRecord, JobStatus, Registry, StoredResponse};
+use crate::jobs::run::{DedupKey, JobCell};
 use crate::jobs::slots::SlotQueues;
 use crate::limit::Registry as Limiters;
 use crate::timer::Timers;
@@ -68,6 +70,8 @@ pub struct Worker {
     pub timers: Rc<Timers>,
     pub slots: SlotQueues,
     pub rng: RefCell<Rng>,
+    /// Open jobs of this core by dedup key (see `jobs::run::attach`).
+    pub dedup: RefCell<HashMap<DedupKey, Rc<JobCell>>>,
     epoch_wall: SystemTime,
     bufs: RefCell<Vec<BytesMut>>,
     request_bufs: RefCell<Vec<Vec<u8>>>,
@@ -100,6 +104,7 @@ impl Worker {
             timers: Timers::new(shared.epoch, TIMER_TICK),
             slots: SlotQueues::new(shared.limiters.len()),
             rng: RefCell::new(Rng::new(seed)),
+            dedup: RefCell::new(HashMap::new()),
             epoch_wall: shared.epoch_wall,
             bufs: RefCell::new(Vec::new()),
             request_bufs: RefCell::new(Vec::new()),
