@@ -633,3 +633,56 @@ fn deferred_duplicates_get_the_same_job_and_every_callback_is_notified() {
     }
     assert_eq!(origin.requests().len(), 1);
 }
+
+#[test]
+fn a_client_leaving_before_the_send_cancels_its_job_unless_it_has_a_callback() {
+    for_both_drivers(|legacy| {
+        let origin = MockOrigin::echo();
+        let hooks = MockReceiver::start(vec![Answer::Status(200)]);
+        let hook = hooks.url("/kept").replace(':', "%3A").replace('/', "%2F");
+        let sluice = start(
+            &origin.url(),
+            &[
+                "--rate-limit",
+                "1/700ms",
+                "--workers",
+                "1",
+                "--ingress-request-timeout-ms",
+                "5000",
+            ],
+            legacy,
+        );
+        // Takes the only slot of this window.
+        assert_eq!(
+            sluice.connect().get("/crypto/sign?message=first").status,
+            200
+        );
+        // Queued behind the limit, then the client leaves: cancelled, never sent.
+        let mut gone = sluice.connect();
+        gone.send(get("/crypto/sign?message=abandoned"));
+        std::thread::sleep(Duration::from_millis(100));
+        drop(gone);
+        // Queued too, with a callback: it survives its client and calls back.
+        let mut kept = sluice.connect();
+        kept.send(get(&format!("/crypto/sign?message=kept&callback={hook}")));
+        std::thread::sleep(Duration::from_millis(100));
+        drop(kept);
+        let received = hooks.wait_for(1, Duration::from_secs(10));
+        assert_eq!(received.len(), 1);
+        assert_eq!(received[0].body, b"GET /crypto/sign?message=kept");
+        // A later request still works, and the abandoned one never reached the origin.
+        assert_eq!(
+            sluice.connect().get("/crypto/sign?message=last").status,
+            200
+        );
+        let targets: Vec<String> = origin.requests().into_iter().map(|r| r.target).collect();
+        assert_eq!(
+            targets,
+            vec![
+                "/crypto/sign?message=first",
+                "/crypto/sign?message=kept",
+                "/crypto/sign?message=last"
+            ]
+        );
+    });
+}

@@ -99,6 +99,8 @@ pub struct JobCell {
     /// The final answer, once there is one (for attached duplicates).
     result: RefCell<Option<StoredResponse>>,
     waiters: RefCell<Vec<Waker>>,
+    /// True while the driver waits in a rate-limit queue (nothing sent yet for this attempt).
+    waiting_for_slot: Cell<bool>,
 }
 
 impl JobCell {
@@ -117,6 +119,7 @@ impl JobCell {
             attached: Cell::new(0),
             result: RefCell::new(None),
             waiters: RefCell::new(Vec::new()),
+            waiting_for_slot: Cell::new(false),
         }
     }
 
@@ -201,12 +204,33 @@ pub async fn serve_job(
         let first = Race {
             driver: driver.as_mut(),
             deadline: timer.as_mut(),
-            defer_now: &cell.defer_now,
+            cell: &cell,
+            client: slot.as_ref().map(|c| &c.stream),
+            watch: None,
         }
         .await;
         match first {
-            Some(driven) => driven,
-            None => {
+            RaceEnd::Driven(driven) => driven,
+            RaceEnd::ClientGone => {
+                cell.client_waiting.set(false);
+                *slot = None;
+                let others = cell.attached.get() > 0 || cell.record.borrow().is_some();
+                if cell.attempts.get() == 0 && callback.is_none() && !others {
+                    // Nothing was sent and nobody else wants the answer: cancel. Dropping the
+                    // driver leaves the rate-limit queue.
+                    if let Some(key) = key {
+                        worker.dedup.borrow_mut().remove(&key);
+                    }
+                    crate::log::debug(format_args!("job cancelled: its client went away"));
+                    return Next::Close;
+                }
+                if callback.is_some() {
+                    cell.ensure_record(worker);
+                    cell.add_callback(callback);
+                }
+                driver.await
+            }
+            RaceEnd::Defer => {
                 // Deferred: register, answer 202, hand the connection to a new task, and keep
                 // driving the job here.
                 cell.client_waiting.set(false);
@@ -338,10 +362,12 @@ async fn drive(
                 ctl.defer_now.set(true);
             }
         }
+        ctl.waiting_for_slot.set(true);
         worker
             .slots
             .acquire(&worker.limiters, request.limiter, timers)
             .await;
+        ctl.waiting_for_slot.set(false);
         let attempt = ctl.attempts.get().saturating_add(1);
         ctl.attempts.set(attempt);
         ctl.next_attempt.set(None);
@@ -430,29 +456,89 @@ async fn answer_accepted(conn: &mut ClientConn, record: &JobRecord, keep_alive: 
     }
 }
 
-/// Polls the driver first, then the defer flag, then the deadline; returns `Some` when the
-/// driver finished first, `None` when the client must be answered with a 202 now. The driver
-/// is not consumed: after `None` it is awaited again.
+/// How the race between the driver, the deadline and the client ended.
+enum RaceEnd<O> {
+    /// The driver finished first.
+    Driven(O),
+    /// The client must get its 202 now (deadline reached, or the answer cannot be in time).
+    Defer,
+    /// The client closed its connection while the job waited for a rate-limit slot.
+    ClientGone,
+}
+
+/// Polls the driver first, then the defer flag, the client (only while the job waits for a
+/// rate-limit slot: that is when a disconnect can still cancel it), then the deadline. The
+/// driver is not consumed: after `Defer` or `ClientGone` it is awaited again.
 struct Race<'a, D, T> {
     driver: Pin<&'a mut D>,
     deadline: Pin<&'a mut T>,
-    defer_now: &'a Cell<bool>,
+    cell: &'a JobCell,
+    client: Option<&'a monoio::net::TcpStream>,
+    watch: Option<Pin<Box<dyn Future<Output = ()> + 'a>>>,
 }
 
 impl<D: Future, T: Future> Future for Race<'_, D, T> {
-    type Output = Option<D::Output>;
+    type Output = RaceEnd<D::Output>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         if let Poll::Ready(v) = self.driver.as_mut().poll(cx) {
-            return Poll::Ready(Some(v));
+            return Poll::Ready(RaceEnd::Driven(v));
         }
-        if self.defer_now.get() {
-            return Poll::Ready(None);
+        if self.cell.defer_now.get() {
+            return Poll::Ready(RaceEnd::Defer);
+        }
+        match self.client {
+            Some(stream) if self.cell.waiting_for_slot.get() => {
+                // Armed only on this slow path: the direct path pays nothing for it.
+                let watch = self
+                    .watch
+                    .get_or_insert_with(|| Box::pin(client_gone(stream)));
+                if watch.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(RaceEnd::ClientGone);
+                }
+            }
+            _ => self.watch = None,
         }
         if self.deadline.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(None);
+            return Poll::Ready(RaceEnd::Defer);
         }
         Poll::Pending
+    }
+}
+
+/// Resolves when the client closed its connection (end of stream or error). Pipelined bytes
+/// are left in the socket; if any arrive, the client is evidently still there and this never
+/// resolves.
+async fn client_gone(stream: &monoio::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    loop {
+        if stream.readable(false).await.is_err() {
+            return;
+        }
+        let mut byte = [0u8; 1];
+        // SAFETY: `byte` is a valid, writable 1-byte buffer for the duration of the call, and
+        // the descriptor belongs to `stream`, which outlives this borrow. MSG_PEEK leaves the
+        // byte in the socket; MSG_DONTWAIT keeps the call from blocking the I/O thread.
+        let n = unsafe {
+            libc::recv(
+                stream.as_raw_fd(),
+                byte.as_mut_ptr().cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        match n {
+            0 => return,
+            n if n > 0 => return std::future::pending().await,
+            _ => {
+                let err = std::io::Error::last_os_error();
+                if err.kind() != std::io::ErrorKind::WouldBlock
+                    && err.kind() != std::io::ErrorKind::Interrupted
+                {
+                    return;
+                }
+            }
+        }
     }
 }
 
