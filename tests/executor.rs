@@ -686,3 +686,23 @@ fn a_client_leaving_before_the_send_cancels_its_job_unless_it_has_a_callback() {
         );
     });
 }
+
+#[test]
+fn head_requests_get_sluice_answers_without_a_body() {
+    for_both_drivers(|legacy| {
+        let origin = MockOrigin::echo();
+        let sluice = start(&origin.url(), &[], legacy);
+        let mut client = sluice.connect();
+        // Pipelined: if a HEAD answer carried a body, the next response would be misread.
+        client.send(
+            "HEAD /nope HTTP/1.1\r\nHost: x\r\n\r\nHEAD /_sluice/jobs/00000000000000000000000000000000 HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\n\r\n",
+        );
+        let first = client.head_response();
+        assert_eq!(first.status, 404);
+        assert!(first.header("content-length").is_some());
+        let second = client.head_response();
+        assert_eq!(second.status, 404);
+        let third = client.response();
+        assert_json_error(&third, 404, "not_found");
+    });
+}

@@ -37,14 +37,53 @@ use crate::server::worker::Worker;
 /// 16 bytes of their SHA-256.
 pub type DedupKey = [u8; 16];
 
-/// The dedup key of a request.
-pub fn dedup_key(method: &[u8], path: &[u8], query: &[u8], body: &[u8]) -> DedupKey {
+/// Request headers that change what the upstream answers; two requests differing in one of
+/// them are not identical (a `Range` or `If-None-Match` request must not get another client's
+/// full answer, nor the reverse).
+const DEDUP_HEADERS: [&[u8]; 10] = [
+    b"range",
+    b"if-range",
+    b"if-match",
+    b"if-none-match",
+    b"if-modified-since",
+    b"if-unmodified-since",
+    b"accept",
+    b"accept-encoding",
+    b"accept-language",
+    b"content-type",
+];
+
+/// The dedup key of a request: method, path, query (without `callback`), the
+/// answer-shaping headers ([`DEDUP_HEADERS`]) and the body.
+pub fn dedup_key(
+    head: &RequestHead,
+    buf: &[u8],
+    path: &[u8],
+    query: &[u8],
+    body: &[u8],
+) -> DedupKey {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    for part in [method, path, query] {
-        ctx.update(&(part.len() as u64).to_le_bytes());
-        ctx.update(part);
+    let mut part = |p: &[u8]| {
+        ctx.update(&(p.len() as u64).to_le_bytes());
+        ctx.update(p);
+    };
+    part(head.method_span.get(buf));
+    part(path);
+    part(query);
+    for h in head.headers.iter() {
+        let name = h.name.get(buf);
+        if DEDUP_HEADERS.iter().any(|d| name.eq_ignore_ascii_case(d)) {
+            // The name matched one of DEDUP_HEADERS, so it is at most 19 bytes.
+            let mut lower = [0u8; 32];
+            let n = name.len().min(lower.len());
+            for (l, b) in lower.iter_mut().zip(name) {
+                *l = b.to_ascii_lowercase();
+            }
+            part(&lower[..n]);
+            part(h.value.get(buf));
+        }
     }
-    ctx.update(body);
+    part(body);
     let digest = ctx.finish();
     let mut key = [0u8; 16];
     key.copy_from_slice(&digest.as_ref()[..16]);
@@ -101,6 +140,8 @@ pub struct JobCell {
     waiters: RefCell<Vec<Waker>>,
     /// True while the driver waits in a rate-limit queue (nothing sent yet for this attempt).
     waiting_for_slot: Cell<bool>,
+    /// Set once the job's terminal state is recorded.
+    finished: Cell<bool>,
 }
 
 impl JobCell {
@@ -120,6 +161,7 @@ impl JobCell {
             result: RefCell::new(None),
             waiters: RefCell::new(Vec::new()),
             waiting_for_slot: Cell::new(false),
+            finished: Cell::new(false),
         }
     }
 
@@ -197,6 +239,11 @@ pub async fn serve_job(
     if let Some(key) = key {
         worker.dedup.borrow_mut().insert(key, cell.clone());
     }
+    let _guard = JobGuard {
+        worker,
+        cell: &cell,
+        key,
+    };
     let callback = request.callback.take();
     let outcome = {
         let mut driver = pin!(drive(worker, &cell, &mut request, key));
@@ -238,11 +285,15 @@ pub async fn serve_job(
                 cell.add_callback(callback);
                 crate::log::debug(format_args!("job {} deferred", record.id.as_string()));
                 if let Some(mut conn) = slot.take() {
-                    let next = answer_accepted(&mut conn, &record, head.keep_alive).await;
-                    if next == Next::KeepAlive {
-                        let w = worker.clone();
-                        monoio::spawn(crate::proxy::continue_serving(w, conn));
-                    }
+                    // The 202 is written by the connection's new task: a client that does not
+                    // read must not stall this job (or the rate-limit queue it heads).
+                    let (w, record, keep_alive) = (worker.clone(), record.clone(), head.keep_alive);
+                    crate::server::spawn_guarded(async move {
+                        if answer_accepted(&mut conn, &record, keep_alive).await == Next::KeepAlive
+                        {
+                            crate::proxy::continue_serving(w, conn).await;
+                        }
+                    });
                 }
                 driver.await
             }
@@ -251,6 +302,8 @@ pub async fn serve_job(
     worker.give_request_buf(std::mem::take(&mut request.bytes));
     let stored = match outcome {
         Driven::Direct(answer) => {
+            // Streamed to its only client: nobody else waits (see `must_store`).
+            cell.finished.set(true);
             drop(request.open.take());
             return match slot.as_mut() {
                 Some(conn) => stream_response(worker, conn, head, answer).await,
@@ -273,6 +326,56 @@ pub async fn serve_job(
         }
         Some(_) => Next::Close,
         None => Next::Detached,
+    }
+}
+
+/// Cleans up after a job whose task ended without reaching a terminal state (cancelled, or a
+/// caught panic): its dedup entry goes, attached duplicates are released, and a deferred job's
+/// record is closed as failed instead of staying "pending" for ever.
+struct JobGuard<'a> {
+    worker: &'a Worker,
+    cell: &'a Rc<JobCell>,
+    key: Option<DedupKey>,
+}
+
+impl Drop for JobGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            let mut dedup = self.worker.dedup.borrow_mut();
+            if dedup.get(&key).is_some_and(|c| Rc::ptr_eq(c, self.cell)) {
+                dedup.remove(&key);
+            }
+        }
+        if self.cell.finished.get() || self.cell.result.borrow().is_some() {
+            return;
+        }
+        let mut body = Vec::new();
+        crate::error::write_error_response(
+            &mut body,
+            500,
+            "internal_error",
+            "the job ended without an answer",
+            true,
+        );
+        let split = body
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(body.len(), |p| p + 4);
+        let stored = StoredResponse {
+            status: 500,
+            body: bytes::Bytes::copy_from_slice(&body[split..]),
+            head: bytes::Bytes::copy_from_slice(&body[..split]),
+            content_type: Some("application/json".to_string()),
+            from_upstream: false,
+        };
+        self.cell.complete(&stored);
+        let record = self.cell.record.borrow().clone();
+        if let Some(record) = record {
+            let mut s = record.lock();
+            s.status = JobStatus::Failed;
+            s.finished_at = Some(SystemTime::now());
+            s.result = Some(stored);
+        }
     }
 }
 
@@ -325,9 +428,14 @@ fn finish(worker: &Worker, cell: &JobCell, record: &Arc<JobRecord>, stored: &Sto
     };
     cell.status.set(status);
     cell.next_attempt.set(None);
-    cell.publish(worker);
+    cell.finished.set(true);
     {
+        // One lock: whoever sees the terminal status also finds the result.
         let mut s = record.lock();
+        s.status = status;
+        s.attempts = cell.attempts.get();
+        s.last_upstream_status = cell.last_status.get();
+        s.next_attempt_at = None;
         s.finished_at = Some(SystemTime::now());
         s.result = Some(stored.clone());
     }
@@ -450,7 +558,7 @@ async fn answer_accepted(conn: &mut ClientConn, record: &JobRecord, keep_alive: 
     }
     conn.out.extend_from_slice(b"\r\n\r\n");
     conn.out.extend_from_slice(&body);
-    match crate::proxy::body::flush_out(&mut conn.stream, &mut conn.out).await {
+    match conn.send_out().await {
         Ok(()) if keep_alive => Next::KeepAlive,
         _ => Next::Close,
     }

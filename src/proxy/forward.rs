@@ -310,7 +310,11 @@ pub async fn collect_response(
     }
     release(worker, upstream, &response);
     let body = Bytes::from(sink.body);
-    let framing = if method == Method::Head || response.status == 304 {
+    // A stored answer is served later to GET /result too, so it must describe exactly the
+    // bytes kept: a HEAD job's answer is stored with `Content-Length: 0`. A 304 has no body
+    // whatever the method, and keeps the origin's Content-Length.
+    let _ = method;
+    let framing = if response.status == 304 {
         BodyFraming::None
     } else {
         BodyFraming::Length(body.len() as u64)
@@ -377,7 +381,7 @@ pub async fn write_stored(
         conn.out.extend_from_slice(b"Connection: close\r\n\r\n");
     }
     conn.out.extend_from_slice(&stored.body);
-    match flush_out(&mut conn.stream, &mut conn.out).await {
+    match conn.send_out().await {
         Ok(()) if keep_alive => Next::KeepAlive,
         _ => Next::Close,
     }

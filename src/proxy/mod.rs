@@ -33,7 +33,7 @@ use monoio::net::TcpStream;
 use smallvec::SmallVec;
 
 use crate::error::write_error_response;
-use crate::http::request::{parse_request, RequestError, RequestHead};
+use crate::http::request::{parse_request, Method, RequestError, RequestHead};
 use crate::http::BodyFraming;
 use crate::server::worker::Worker;
 use body::{flush_out, read_more};
@@ -55,6 +55,22 @@ pub struct ClientConn {
     pub out: Vec<u8>,
     /// The client's address as text, for `X-Forwarded-For`.
     pub peer_ip: SmallVec<[u8; 48]>,
+    /// Whether the request being answered is a HEAD: answers sluice writes itself then carry
+    /// their head (with its Content-Length) but no body.
+    pub head_request: bool,
+}
+
+impl ClientConn {
+    /// Writes `out` (a complete response) to the client, leaving out the body when answering
+    /// a HEAD request.
+    pub async fn send_out(&mut self) -> std::io::Result<()> {
+        if self.head_request {
+            if let Some(end) = self.out.windows(4).position(|w| w == b"\r\n\r\n") {
+                self.out.truncate(end + 4);
+            }
+        }
+        flush_out(&mut self.stream, &mut self.out).await
+    }
 }
 
 /// Serves one accepted client connection until it closes.
@@ -65,6 +81,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
         buf: worker.take_buf(),
         out: Vec::new(),
         peer_ip: ip_text(peer.ip()),
+        head_request: false,
     };
     continue_serving(worker, conn).await;
 }
@@ -120,6 +137,7 @@ async fn serve_requests(worker: &Rc<Worker>, slot: &mut Option<ClientConn>) -> b
                 return true;
             }
         };
+        conn.head_request = head.method == Method::Head;
         let next = handle(worker, slot, &head, &bytes).await;
         drop(bytes);
         match next {
@@ -173,10 +191,6 @@ async fn handle(
             .await;
         }
     }
-    // Every forwarded request is an open job until its terminal state.
-    let Some(open_job) = worker.open_job() else {
-        return reply_overloaded(conn, keep_alive_without_body).await;
-    };
     // The `callback` query parameter belongs to sluice: validate it and strip it before
     // anything is sent upstream.
     let mut query_buf = worker.take_request_buf();
@@ -219,12 +233,20 @@ async fn handle(
             return reply_error(conn, status, code, message, false).await;
         }
     };
+    // Every forwarded request is an open job until its terminal state. The place is taken
+    // only once the body is in, so slow uploads cannot hold `--max-inflight` hostage.
+    let Some(open_job) = worker.open_job() else {
+        worker.give_request_buf(query_buf);
+        worker.give_request_buf(request);
+        return reply_overloaded(conn, head.keep_alive).await;
+    };
     // Identical requests attach to an open job instead of calling the upstream again.
     let key = if config.executor.dedup.applies(head.method) && head.framing != BodyFraming::Chunked
     {
         let q = query.or(head.query.map(|q| q.get(bytes))).unwrap_or(b"");
         Some(crate::jobs::run::dedup_key(
-            head.method_span.get(bytes),
+            head,
+            bytes,
             path,
             q,
             request.get(body_start..).unwrap_or(b""),
@@ -276,7 +298,7 @@ async fn reply_overloaded(conn: &mut ClientConn, keep_alive: bool) -> Next {
     crate::http::writer::write_usize(&mut conn.out, OVERLOAD_RETRY_AFTER_SECS as usize);
     conn.out.extend_from_slice(b"\r\n");
     conn.out.extend_from_slice(&full[line_end..]);
-    match flush_out(&mut conn.stream, &mut conn.out).await {
+    match conn.send_out().await {
         Ok(()) if keep_alive => Next::KeepAlive,
         Ok(()) => Next::LingerClose,
         Err(_) => Next::Close,
@@ -308,7 +330,7 @@ pub async fn answer_error(
 ) -> std::io::Result<()> {
     conn.out.clear();
     write_error_response(&mut conn.out, status, code, message, keep_alive);
-    flush_out(&mut conn.stream, &mut conn.out).await
+    conn.send_out().await
 }
 
 // The head travels by value on purpose: boxing it would allocate once per request.

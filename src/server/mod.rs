@@ -240,14 +240,7 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                let conn = crate::proxy::serve(worker.clone(), stream, peer);
-                monoio::spawn(async move {
-                    if CatchUnwind(Box::pin(conn)).await.is_err() {
-                        crate::log::error(format_args!(
-                            "a connection task panicked; the connection was closed, the worker goes on"
-                        ));
-                    }
-                });
+                spawn_guarded(crate::proxy::serve(worker.clone(), stream, peer));
             }
             Err(e) => {
                 // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning.
@@ -256,6 +249,17 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
             }
         }
     }
+}
+
+/// Spawns a task on this worker whose panic closes only that task (see [`CatchUnwind`]).
+pub fn spawn_guarded<F: Future<Output = ()> + 'static>(fut: F) {
+    monoio::spawn(async move {
+        if CatchUnwind(Box::pin(fut)).await.is_err() {
+            crate::log::error(format_args!(
+                "a connection task panicked; the connection was closed, the worker goes on"
+            ));
+        }
+    });
 }
 
 /// Runs a future and turns a panic inside it into an `Err`, so that a bug triggered by one
