@@ -126,6 +126,28 @@ pub struct StoredResponse {
     pub from_upstream: bool,
 }
 
+impl StoredResponse {
+    /// A sluice-generated JSON error kept as a job's answer (when no upstream answer could be
+    /// had).
+    pub fn sluice_error(status: u16, code: &str, message: &str) -> StoredResponse {
+        let mut full = Vec::new();
+        crate::error::write_error_response(&mut full, status, code, message, true);
+        let split = full
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(full.len(), |p| p + 4);
+        let body = Bytes::copy_from_slice(&full[split..]);
+        full.truncate(split);
+        StoredResponse {
+            status,
+            head: Bytes::from(full),
+            body,
+            content_type: Some("application/json".to_string()),
+            from_upstream: false,
+        }
+    }
+}
+
 /// The callback of a job and how its delivery went.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CallbackState {

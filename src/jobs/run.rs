@@ -349,25 +349,8 @@ impl Drop for JobGuard<'_> {
         if self.cell.finished.get() || self.cell.result.borrow().is_some() {
             return;
         }
-        let mut body = Vec::new();
-        crate::error::write_error_response(
-            &mut body,
-            500,
-            "internal_error",
-            "the job ended without an answer",
-            true,
-        );
-        let split = body
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .map_or(body.len(), |p| p + 4);
-        let stored = StoredResponse {
-            status: 500,
-            body: bytes::Bytes::copy_from_slice(&body[split..]),
-            head: bytes::Bytes::copy_from_slice(&body[..split]),
-            content_type: Some("application/json".to_string()),
-            from_upstream: false,
-        };
+        let stored =
+            StoredResponse::sluice_error(500, "internal_error", "the job ended without an answer");
         self.cell.complete(&stored);
         let record = self.cell.record.borrow().clone();
         if let Some(record) = record {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 
-use crate::error::{write_error_response, ProxyError};
+use crate::error::ProxyError;
 use crate::http::request::{Method, RequestHead};
 use crate::http::response::{parse_response, ResponseHead};
 use crate::http::writer::{
@@ -346,22 +346,7 @@ pub async fn collect_response(
 /// could be had).
 pub fn stored_error(e: &ProxyError) -> StoredResponse {
     let (status, code) = e.status();
-    let mut full = Vec::new();
-    write_error_response(&mut full, status, code, e.message(), true);
-    let split = full
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|p| p + 4)
-        .unwrap_or(full.len());
-    let body = Bytes::copy_from_slice(&full[split..]);
-    full.truncate(split);
-    StoredResponse {
-        status,
-        head: Bytes::from(full),
-        body,
-        content_type: Some("application/json".to_string()),
-        from_upstream: false,
-    }
+    StoredResponse::sluice_error(status, code, e.message())
 }
 
 /// Writes a stored result to a waiting client, adding `Connection: close` when the connection
