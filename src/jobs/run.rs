@@ -128,9 +128,9 @@ pub struct JobCell {
     next_attempt: Cell<Option<u64>>,
     status: Cell<JobStatus>,
     /// Job creation time (nanos on the worker clock).
-    created: u64,
+    created: Cell<u64>,
     /// The creating client's deadline (nanos on the worker clock).
-    deadline: u64,
+    deadline: Cell<u64>,
     /// Distinct callback URLs of the clients that got a 202.
     callbacks: RefCell<Vec<crate::webhook::CallbackUrl>>,
     /// Attached duplicates still waiting for the answer itself.
@@ -145,7 +145,7 @@ pub struct JobCell {
 }
 
 impl JobCell {
-    fn new(created: u64, deadline: u64) -> JobCell {
+    pub fn new(created: u64, deadline: u64) -> JobCell {
         JobCell {
             client_waiting: Cell::new(true),
             defer_now: Cell::new(false),
@@ -154,8 +154,8 @@ impl JobCell {
             last_status: Cell::new(None),
             next_attempt: Cell::new(None),
             status: Cell::new(JobStatus::Pending),
-            created,
-            deadline,
+            created: Cell::new(created),
+            deadline: Cell::new(deadline),
             callbacks: RefCell::new(Vec::new()),
             attached: Cell::new(0),
             result: RefCell::new(None),
@@ -163,6 +163,25 @@ impl JobCell {
             waiting_for_slot: Cell::new(false),
             finished: Cell::new(false),
         }
+    }
+
+    /// Makes a pooled cell new again (it is reused only when nobody else holds it).
+    pub fn reset(&self, created: u64, deadline: u64) {
+        self.client_waiting.set(true);
+        self.defer_now.set(false);
+        *self.record.borrow_mut() = None;
+        self.attempts.set(0);
+        self.last_status.set(None);
+        self.next_attempt.set(None);
+        self.status.set(JobStatus::Pending);
+        self.created.set(created);
+        self.deadline.set(deadline);
+        self.callbacks.borrow_mut().clear();
+        self.attached.set(0);
+        *self.result.borrow_mut() = None;
+        self.waiters.borrow_mut().clear();
+        self.waiting_for_slot.set(false);
+        self.finished.set(false);
     }
 
     /// Copies the job's progress into its registry entry, if it has one.
@@ -187,7 +206,7 @@ impl JobCell {
             attempts: self.attempts.get(),
             last_upstream_status: self.last_status.get(),
             next_attempt_at: self.next_attempt.get().map(|t| worker.system_time_at(t)),
-            created_at: worker.system_time_at(self.created),
+            created_at: worker.system_time_at(self.created.get()),
             finished_at: None,
             result: None,
             callback: CallbackState::None,
@@ -235,23 +254,23 @@ pub async fn serve_job(
 ) -> Next {
     let now = worker.timers.now();
     let deadline = now.saturating_add(duration_nanos(worker.config.timeouts.ingress_request));
-    let cell = Rc::new(JobCell::new(now, deadline));
+    let guard = JobGuard {
+        worker,
+        cell: worker.take_job_cell(now, deadline),
+        key,
+    };
+    let cell = &guard.cell;
     if let Some(key) = key {
         worker.dedup.borrow_mut().insert(key, cell.clone());
     }
-    let _guard = JobGuard {
-        worker,
-        cell: &cell,
-        key,
-    };
     let callback = request.callback.take();
     let outcome = {
-        let mut driver = pin!(drive(worker, &cell, &mut request, key));
+        let mut driver = pin!(drive(worker, cell, &mut request, key));
         let mut timer = pin!(worker.timers.sleep_until(deadline));
         let first = Race {
             driver: driver.as_mut(),
             deadline: timer.as_mut(),
-            cell: &cell,
+            cell,
             client: slot.as_ref().map(|c| &c.stream),
             watch: None,
         }
@@ -318,7 +337,7 @@ pub async fn serve_job(
     cell.complete(&stored);
     let record = cell.record.borrow().clone();
     if let Some(record) = record {
-        finish(worker, &cell, &record, &stored);
+        finish(worker, cell, &record, &stored);
     }
     match slot.as_mut() {
         Some(conn) if cell.client_waiting.get() => {
@@ -334,7 +353,7 @@ pub async fn serve_job(
 /// record is closed as failed instead of staying "pending" for ever.
 struct JobGuard<'a> {
     worker: &'a Worker,
-    cell: &'a Rc<JobCell>,
+    cell: Rc<JobCell>,
     key: Option<DedupKey>,
 }
 
@@ -342,11 +361,13 @@ impl Drop for JobGuard<'_> {
     fn drop(&mut self) {
         if let Some(key) = self.key {
             let mut dedup = self.worker.dedup.borrow_mut();
-            if dedup.get(&key).is_some_and(|c| Rc::ptr_eq(c, self.cell)) {
+            if dedup.get(&key).is_some_and(|c| Rc::ptr_eq(c, &self.cell)) {
                 dedup.remove(&key);
             }
         }
-        if self.cell.finished.get() || self.cell.result.borrow().is_some() {
+        let ended = self.cell.finished.get() || self.cell.result.borrow().is_some();
+        if ended {
+            self.worker.give_job_cell(self.cell.clone());
             return;
         }
         let stored =
@@ -359,6 +380,7 @@ impl Drop for JobGuard<'_> {
             s.finished_at = Some(SystemTime::now());
             s.result = Some(stored);
         }
+        self.worker.give_job_cell(self.cell.clone());
     }
 }
 
@@ -449,7 +471,7 @@ async fn drive(
                 .limiters
                 .limiter(request.limiter)
                 .next_free(timers.now());
-            if free_at > ctl.deadline {
+            if free_at > ctl.deadline.get() {
                 ctl.defer_now.set(true);
             }
         }
@@ -478,13 +500,13 @@ async fn drive(
             let delay = policy.delay(attempt, retry_after, &mut worker.rng.borrow_mut());
             let now = timers.now();
             let next = now.saturating_add(duration_nanos(delay));
-            if policy.may_retry(attempt, ctl.created, next) {
+            if policy.may_retry(attempt, ctl.created.get(), next) {
                 // Close the failed attempt's connection (its body is not wanted).
                 drop(result);
                 ctl.status.set(JobStatus::Retrying);
                 ctl.next_attempt.set(Some(next));
                 ctl.publish(worker);
-                if ctl.client_waiting.get() && next > ctl.deadline {
+                if ctl.client_waiting.get() && next > ctl.deadline.get() {
                     ctl.defer_now.set(true);
                 }
                 timers.sleep_until(next).await;

@@ -36,6 +36,8 @@ pub const MAX_POOLED_CLIENT_BUFS: usize = 1024;
 pub const MAX_POOLED_REQUEST_BUFS: usize = 256;
 /// A request buffer that grew beyond this (a large body) is freed rather than kept.
 pub const MAX_POOLED_REQUEST_BUF_BYTES: usize = 64 * 1024;
+/// Job cells kept for reuse per worker.
+pub const MAX_POOLED_JOB_CELLS: usize = 1024;
 /// Resolution of the per-core timer wheel (deadlines, retry schedules).
 pub const TIMER_TICK: Duration = Duration::from_millis(1);
 
@@ -72,6 +74,8 @@ pub struct Worker {
     pub rng: RefCell<Rng>,
     /// Open jobs of this core by dedup key (see `jobs::run::attach`).
     pub dedup: RefCell<HashMap<DedupKey, Rc<JobCell>>>,
+    /// Job cells kept for reuse, so the direct path allocates none per request.
+    job_cells: RefCell<Vec<Rc<JobCell>>>,
     epoch_wall: SystemTime,
     bufs: RefCell<Vec<BytesMut>>,
     request_bufs: RefCell<Vec<Vec<u8>>>,
@@ -105,6 +109,7 @@ impl Worker {
             slots: SlotQueues::new(shared.limiters.len()),
             rng: RefCell::new(Rng::new(seed)),
             dedup: RefCell::new(HashMap::new()),
+            job_cells: RefCell::new(Vec::new()),
             epoch_wall: shared.epoch_wall,
             bufs: RefCell::new(Vec::new()),
             request_bufs: RefCell::new(Vec::new()),
@@ -149,6 +154,30 @@ impl Worker {
         let mut bufs = self.bufs.borrow_mut();
         if bufs.len() < MAX_POOLED_CLIENT_BUFS {
             bufs.push(buf);
+        }
+    }
+
+    /// A job cell for a new job: a pooled one when free.
+    pub fn take_job_cell(&self, created: u64, deadline: u64) -> Rc<JobCell> {
+        match self.job_cells.borrow_mut().pop() {
+            Some(cell) => {
+                cell.reset(created, deadline);
+                cell
+            }
+            None => Rc::new(JobCell::new(created, deadline)),
+        }
+    }
+
+    /// Returns a finished job's cell for reuse, unless someone (an attached duplicate) still
+    /// holds it.
+    pub fn give_job_cell(&self, cell: Rc<JobCell>) {
+        // Two references: this one and the caller's guard, which drops right after.
+        if Rc::strong_count(&cell) > 2 {
+            return;
+        }
+        let mut cells = self.job_cells.borrow_mut();
+        if cells.len() < MAX_POOLED_JOB_CELLS {
+            cells.push(cell);
         }
     }
 
