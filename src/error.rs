@@ -167,6 +167,18 @@ pub fn write_error_response(
     message: &str,
     keep_alive: bool,
 ) {
+    write_error_response_with(out, status, code, message, keep_alive, None);
+}
+
+/// [`write_error_response`] with a `Retry-After: <secs>` header (503 over capacity).
+pub fn write_error_response_with(
+    out: &mut Vec<u8>,
+    status: u16,
+    code: &str,
+    message: &str,
+    keep_alive: bool,
+    retry_after_secs: Option<u32>,
+) {
     debug_assert!(!code.contains(['"', '\\']) && !message.contains(['"', '\\']));
     // {"error":"<code>","message":"<message>"}\n
     let body_len = 10 + code.len() + 13 + message.len() + 3;
@@ -174,6 +186,10 @@ pub fn write_error_response(
     write_usize(out, status as usize);
     out.push(b' ');
     out.extend_from_slice(reason_phrase(status).as_bytes());
+    if let Some(secs) = retry_after_secs {
+        out.extend_from_slice(b"\r\nRetry-After: ");
+        write_usize(out, secs as usize);
+    }
     out.extend_from_slice(b"\r\nContent-Type: application/json\r\nContent-Length: ");
     write_usize(out, body_len);
     if keep_alive {

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use crate::http::request::{Method, RequestHead};
 use crate::http::writer::write_usize;
 use crate::jobs::registry::{status_json, JobId};
-use crate::proxy::body::flush_out;
+use crate::proxy::forward::write_stored;
 use crate::proxy::{reply_error, ClientConn, Next};
 use crate::server::worker::Worker;
 
@@ -63,8 +63,6 @@ pub async fn handle(
         )
         .await;
     };
-    let send_body = head.method != Method::Head;
-    conn.out.clear();
     if want_result {
         let result = record.lock().result.clone();
         let Some(stored) = result else {
@@ -77,32 +75,25 @@ pub async fn handle(
             )
             .await;
         };
-        let head_bytes = &stored.head[..];
-        if keep_alive {
-            conn.out.extend_from_slice(head_bytes);
-        } else {
-            conn.out
-                .extend_from_slice(&head_bytes[..head_bytes.len().saturating_sub(2)]);
-            conn.out.extend_from_slice(b"Connection: close\r\n\r\n");
-        }
-        if send_body {
-            conn.out.extend_from_slice(&stored.body);
-        }
-    } else {
-        let json = status_json(&record);
-        conn.out.extend_from_slice(
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nContent-Length: ",
-        );
-        write_usize(&mut conn.out, json.len());
-        if !keep_alive {
-            conn.out.extend_from_slice(b"\r\nConnection: close");
-        }
-        conn.out.extend_from_slice(b"\r\n\r\n");
-        if send_body {
-            conn.out.extend_from_slice(json.as_bytes());
-        }
+        // A close lingers: the request may have had a body that was not read.
+        return match write_stored(conn, &stored, keep_alive).await {
+            Next::Close if !keep_alive => Next::LingerClose,
+            next => next,
+        };
     }
-    match flush_out(&mut conn.stream, &mut conn.out).await {
+    let json = status_json(&record);
+    conn.out.clear();
+    conn.out.extend_from_slice(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nContent-Length: ",
+    );
+    write_usize(&mut conn.out, json.len());
+    if !keep_alive {
+        conn.out.extend_from_slice(b"\r\nConnection: close");
+    }
+    conn.out.extend_from_slice(b"\r\n\r\n");
+    conn.out.extend_from_slice(json.as_bytes());
+    // `send_out` leaves the body out for HEAD.
+    match conn.send_out().await {
         Ok(()) if keep_alive => Next::KeepAlive,
         Ok(()) => Next::LingerClose,
         Err(_) => Next::Close,

@@ -32,7 +32,7 @@ use crate::server::worker::Worker;
 use crate::upstream::UpstreamConn;
 
 use super::body::{flush_out, pump, read_more, Collect, Encode, PumpError, READ_CHUNK_BYTES};
-use super::{answer_error, ClientConn, Next};
+use super::{ClientConn, Next};
 
 const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -443,14 +443,4 @@ async fn read_response_head(
 /// A failure that a dead pooled connection produces before any response byte.
 fn is_stale_error(e: &ProxyError) -> bool {
     matches!(e, ProxyError::UpstreamClosed | ProxyError::UpstreamIo(_))
-}
-
-/// Answers a sluice-generated error to a still-waiting client whose request was consumed
-/// completely.
-pub async fn answer_failure(conn: &mut ClientConn, e: &ProxyError, keep_alive: bool) -> Next {
-    let (status, code) = e.status();
-    match answer_error(conn, status, code, e.message(), keep_alive).await {
-        Ok(()) if keep_alive => Next::KeepAlive,
-        _ => Next::Close,
-    }
 }

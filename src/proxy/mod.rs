@@ -279,25 +279,14 @@ const OVERLOAD_RETRY_AFTER_SECS: u32 = 1;
 /// `503 Service Unavailable` with `Retry-After`: too many open jobs.
 async fn reply_overloaded(conn: &mut ClientConn, keep_alive: bool) -> Next {
     conn.out.clear();
-    let mut full = Vec::new();
-    write_error_response(
-        &mut full,
+    crate::error::write_error_response_with(
+        &mut conn.out,
         503,
         "over_capacity",
         "too many open jobs; retry later",
         keep_alive,
+        Some(OVERLOAD_RETRY_AFTER_SECS),
     );
-    // Insert Retry-After after the status line.
-    let line_end = full
-        .windows(2)
-        .position(|w| w == b"\r\n")
-        .map(|p| p + 2)
-        .unwrap_or(0);
-    conn.out.extend_from_slice(&full[..line_end]);
-    conn.out.extend_from_slice(b"Retry-After: ");
-    crate::http::writer::write_usize(&mut conn.out, OVERLOAD_RETRY_AFTER_SECS as usize);
-    conn.out.extend_from_slice(b"\r\n");
-    conn.out.extend_from_slice(&full[line_end..]);
     match conn.send_out().await {
         Ok(()) if keep_alive => Next::KeepAlive,
         Ok(()) => Next::LingerClose,
