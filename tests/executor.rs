@@ -542,7 +542,6 @@ fn concurrent_gets(sluice: &Sluice, targets: Vec<String>) -> Vec<Response> {
 fn identical_requests_share_one_upstream_call() {
     for_both_drivers(|legacy| {
         let origin = slow_counter_origin(300);
-        // Dedup is per worker (see README): one worker makes the test deterministic.
         let sluice = start(&origin.url(), &["--workers", "1"], legacy);
         let target = "/crypto/sign?message=same".to_string();
         let responses = concurrent_gets(&sluice, vec![target.clone(); 4]);
@@ -560,6 +559,78 @@ fn identical_requests_share_one_upstream_call() {
         assert_eq!(other.status, 200);
         assert_eq!(origin.requests().len(), 2);
     });
+}
+
+#[test]
+fn identical_requests_share_one_upstream_call_across_workers() {
+    for_both_drivers(|legacy| {
+        let origin = slow_counter_origin(300);
+        // Sixteen connections spread over two workers by SO_REUSEPORT: without cross-core
+        // dedup, each worker that got one would call the upstream (all sixteen landing on one
+        // worker has a chance of 2^-15).
+        let sluice = start(&origin.url(), &["--workers", "2"], legacy);
+        let target = "/crypto/sign?message=spread".to_string();
+        let responses = concurrent_gets(&sluice, vec![target.clone(); 16]);
+        for r in &responses {
+            assert_eq!(r.status, 200, "{}", r.head_text());
+            assert_eq!(r.body_text(), "answer for /crypto/sign?message=spread");
+        }
+        assert_eq!(
+            origin.requests().len(),
+            1,
+            "one upstream call for sixteen identical requests on two workers"
+        );
+        // Once the job ended, its key is free on every worker: the next one calls again.
+        let again = concurrent_gets(&sluice, vec![target; 4]);
+        assert!(again.iter().all(|r| r.status == 200));
+        assert_eq!(origin.requests().len(), 2);
+    });
+}
+
+#[test]
+fn deferred_duplicates_across_workers_share_the_job_and_every_callback() {
+    let origin = slow_counter_origin(500);
+    let hooks = MockReceiver::start(vec![Answer::Status(200)]);
+    let enc = |p: &str| hooks.url(p).replace(':', "%3A").replace('/', "%2F");
+    let sluice = start(
+        &origin.url(),
+        &["--workers", "2", "--ingress-request-timeout-ms", "100"],
+        false,
+    );
+    let targets: Vec<String> = (0..16)
+        .map(|i| {
+            format!(
+                "/crypto/sign?message=xdup&callback={}",
+                enc(&format!("/c{i}"))
+            )
+        })
+        .collect();
+    let responses = concurrent_gets(&sluice, targets);
+    let ids: Vec<String> = responses
+        .iter()
+        .map(|r| {
+            assert_eq!(r.status, 202, "{}", r.head_text());
+            r.json()["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert!(ids.iter().all(|id| *id == ids[0]), "one job: {ids:?}");
+    hooks.wait_for(16, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(200));
+    let received = hooks.requests();
+    let mut paths: Vec<String> = received.iter().map(|r| r.target.clone()).collect();
+    paths.sort();
+    let mut expected: Vec<String> = (0..16).map(|i| format!("/c{i}")).collect();
+    expected.sort();
+    assert_eq!(paths, expected, "one callback per distinct URL");
+    for r in &received {
+        assert_eq!(r.header("sluice-job-id").as_deref(), Some(ids[0].as_str()));
+        assert_eq!(r.body, b"answer for /crypto/sign?message=xdup");
+    }
+    assert_eq!(origin.requests().len(), 1);
+    // The job's status document shows it finished, with one attempt.
+    let status = sluice.connect().get(&format!("/_sluice/jobs/{}", ids[0]));
+    assert_eq!(status.json()["status"], "succeeded");
+    assert_eq!(status.json()["attempts"], 1);
 }
 
 #[test]

@@ -3,6 +3,8 @@
 //!
 //! - [`run`]: drives one job (rate-limit slot, attempts, backoff) and answers its client within
 //!   the ingress deadline, or with `202 Accepted` and carries on.
+//! - [`crosscore`]: dedup across workers: the lock-free table of open keys and the mailboxes
+//!   through which a duplicate on one core waits for the job another core runs.
 //! - [`slots`]: this core's FIFO queues of requests waiting for a rate-limit slot.
 //! - [`backoff`]: the retry policy (which failures, exponential backoff with full jitter,
 //!   `Retry-After`, attempt and TTL caps).
@@ -14,6 +16,7 @@
 
 pub mod api;
 pub mod backoff;
+pub mod crosscore;
 pub mod registry;
 pub mod run;
 pub mod slots;

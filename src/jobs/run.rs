@@ -26,6 +26,7 @@ use crate::error::ProxyError;
 use crate::http::find_header;
 use crate::http::request::{Method, RequestHead};
 use crate::jobs::backoff::parse_retry_after;
+use crate::jobs::crosscore::{RemoteAnswer, RemoteWait};
 use crate::jobs::registry::{CallbackState, JobRecord, JobState, JobStatus, StoredResponse};
 use crate::proxy::forward::{
     collect_response, send_attempt, stored_error, stream_response, write_stored, Answer,
@@ -101,6 +102,8 @@ pub struct JobRequest {
     pub bytes: Vec<u8>,
     /// The raw, validated callback URL, if the client gave one.
     pub callback: Option<crate::webhook::CallbackUrl>,
+    /// This job's slot in the cross-core table of open keys, when it published its key there.
+    pub published: Option<usize>,
 }
 
 /// How the driver ended. The answer travels by value on purpose: boxing it would allocate on
@@ -142,6 +145,10 @@ pub struct JobCell {
     waiting_for_slot: Cell<bool>,
     /// Set once the job's terminal state is recorded.
     finished: Cell<bool>,
+    /// The slot of this job's key in the cross-core table, while published.
+    published: Cell<Option<usize>>,
+    /// Duplicates on other cores attached to this job.
+    remote: RefCell<Vec<Arc<RemoteWait>>>,
 }
 
 impl JobCell {
@@ -162,6 +169,8 @@ impl JobCell {
             waiters: RefCell::new(Vec::new()),
             waiting_for_slot: Cell::new(false),
             finished: Cell::new(false),
+            published: Cell::new(None),
+            remote: RefCell::new(Vec::new()),
         }
     }
 
@@ -182,6 +191,8 @@ impl JobCell {
         self.waiters.borrow_mut().clear();
         self.waiting_for_slot.set(false);
         self.finished.set(false);
+        self.published.set(None);
+        self.remote.borrow_mut().clear();
     }
 
     /// Copies the job's progress into its registry entry, if it has one.
@@ -230,15 +241,40 @@ impl JobCell {
     /// Whether the answer must be kept in memory rather than streamed to the creator: someone
     /// else (an attached duplicate, a deferred client) needs it too.
     fn must_store(&self) -> bool {
-        !self.client_waiting.get() || self.attached.get() > 0 || self.record.borrow().is_some()
+        !self.client_waiting.get()
+            || self.attached.get() > 0
+            || self.record.borrow().is_some()
+            || !self.remote.borrow().is_empty()
     }
 
-    /// Publishes the final answer to attached duplicates.
+    /// Publishes the final answer to attached duplicates, here and on other cores; the
+    /// callbacks of remote duplicates that were deferred join the job's callbacks.
     fn complete(&self, stored: &StoredResponse) {
         *self.result.borrow_mut() = Some(stored.clone());
         for w in self.waiters.borrow_mut().drain(..) {
             w.wake();
         }
+        let remote = std::mem::take(&mut *self.remote.borrow_mut());
+        for wait in remote {
+            if let Some(url) = wait.complete(stored) {
+                self.add_callback(Some(url));
+            }
+        }
+    }
+}
+
+/// Takes a job's key out of this core's dedup map (if it is still this job's) and out of the
+/// cross-core table: later identical requests start a job of their own.
+fn forget_key(worker: &Worker, key: Option<DedupKey>, cell: &Rc<JobCell>) {
+    let Some(key) = key else { return };
+    {
+        let mut dedup = worker.dedup.borrow_mut();
+        if dedup.get(&key).is_some_and(|c| Rc::ptr_eq(c, cell)) {
+            dedup.remove(&key);
+        }
+    }
+    if let Some(at) = cell.published.take() {
+        worker.open_keys.release(at, &key, worker.id);
     }
 }
 
@@ -262,6 +298,7 @@ pub async fn serve_job(
     let cell = &guard.cell;
     if let Some(key) = key {
         worker.dedup.borrow_mut().insert(key, cell.clone());
+        cell.published.set(request.published.take());
     }
     let callback = request.callback.take();
     let outcome = {
@@ -284,9 +321,7 @@ pub async fn serve_job(
                 if cell.attempts.get() == 0 && callback.is_none() && !others {
                     // Nothing was sent and nobody else wants the answer: cancel. Dropping the
                     // driver leaves the rate-limit queue.
-                    if let Some(key) = key {
-                        worker.dedup.borrow_mut().remove(&key);
-                    }
+                    forget_key(worker, key, cell);
                     crate::log::debug(format_args!("job cancelled: its client went away"));
                     return Next::Close;
                 }
@@ -359,12 +394,7 @@ struct JobGuard<'a> {
 
 impl Drop for JobGuard<'_> {
     fn drop(&mut self) {
-        if let Some(key) = self.key {
-            let mut dedup = self.worker.dedup.borrow_mut();
-            if dedup.get(&key).is_some_and(|c| Rc::ptr_eq(c, &self.cell)) {
-                dedup.remove(&key);
-            }
-        }
+        forget_key(self.worker, self.key, &self.cell);
         let ended = self.cell.finished.get() || self.cell.result.borrow().is_some();
         if ended {
             self.worker.give_job_cell(self.cell.clone());
@@ -423,6 +453,65 @@ pub async fn attach(
     answer_accepted(conn, &record, head.keep_alive).await
 }
 
+/// A duplicate of a job that another core (`owner`) runs: post it to that core, then wait for
+/// the answer until this client's own deadline, then answer 202 with the job's id (the owner
+/// notifies this client's callback). `None` when the owner no longer has the job: the caller
+/// runs the request as a job of its own.
+pub async fn attach_remote(
+    worker: &Rc<Worker>,
+    conn: &mut ClientConn,
+    head: &RequestHead,
+    owner: usize,
+    key: DedupKey,
+    callback: Option<crate::webhook::CallbackUrl>,
+) -> Option<Next> {
+    let wait = RemoteWait::new(key, callback);
+    if !worker.open_keys.post(owner, wait.clone()) {
+        return None;
+    }
+    let deadline = worker
+        .timers
+        .now()
+        .saturating_add(duration_nanos(worker.config.timeouts.ingress_request));
+    let mut timer = worker.timers.sleep_until(deadline);
+    let mut passed = false;
+    let answer = poll_fn(|cx| {
+        passed = passed || Pin::new(&mut timer).poll(cx).is_ready();
+        wait.poll_answer(passed, cx.waker())
+    })
+    .await;
+    match answer {
+        RemoteAnswer::Answer(stored) => Some(write_stored(conn, &stored, head.keep_alive).await),
+        RemoteAnswer::Accepted(record) => {
+            Some(answer_accepted(conn, &record, head.keep_alive).await)
+        }
+        RemoteAnswer::Gone => None,
+    }
+}
+
+/// This core's side of cross-core dedup: takes duplicates posted by other cores and attaches
+/// each to the open job for its key (registering the job, so that a duplicate deferred to a
+/// 202 has an id to give), or tells it the job is gone. Runs for the worker's life.
+pub async fn serve_remote_duplicates(worker: Rc<Worker>) {
+    let mut batch = Vec::new();
+    loop {
+        worker.open_keys.receive(worker.id, &mut batch).await;
+        for wait in batch.drain(..) {
+            let open = worker.dedup.borrow().get(&wait.key).cloned();
+            match open {
+                Some(cell) if !cell.finished.get() && cell.result.borrow().is_none() => {
+                    let record = cell.ensure_record(&worker);
+                    cell.remote.borrow_mut().push(wait.clone());
+                    if let Some(url) = wait.attached(record) {
+                        cell.add_callback(Some(url));
+                    }
+                }
+                _ => wait.gone(),
+            }
+        }
+    }
+}
+
 /// Records the final state of a deferred job and hands its callbacks to the webhook sender.
 fn finish(worker: &Worker, cell: &JobCell, record: &Arc<JobRecord>, stored: &StoredResponse) {
     let succeeded = stored.from_upstream && (200..300).contains(&stored.status);
@@ -458,7 +547,7 @@ fn finish(worker: &Worker, cell: &JobCell, record: &Arc<JobRecord>, stored: &Sto
 /// Drives the job's attempts until a terminal state.
 async fn drive(
     worker: &Rc<Worker>,
-    ctl: &JobCell,
+    ctl: &Rc<JobCell>,
     request: &mut JobRequest,
     key: Option<DedupKey>,
 ) -> Driven {
@@ -514,9 +603,7 @@ async fn drive(
             }
         }
         // Terminal: later identical requests start a job of their own.
-        if let Some(key) = key {
-            worker.dedup.borrow_mut().remove(&key);
-        }
+        forget_key(worker, key, ctl);
         return match result {
             Ok(answer) if !ctl.must_store() => Driven::Direct(answer),
             Ok(answer) => match collect_response(worker, answer, request.method).await {

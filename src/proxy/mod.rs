@@ -255,12 +255,35 @@ async fn handle(
         None
     };
     worker.give_request_buf(query_buf);
+    let mut published = None;
     if let Some(key) = key {
         let open = worker.dedup.borrow().get(&key).cloned();
         if let Some(cell) = open {
             worker.give_request_buf(request);
             drop(open_job);
             return crate::jobs::run::attach(worker, conn, head, cell, callback).await;
+        }
+        // Not open here: maybe on another core. The request (and its place under
+        // `--max-inflight`) is kept while it waits, in case that job ends before it attaches.
+        use crate::jobs::crosscore::Claim;
+        match worker.open_keys.claim(&key, worker.id) {
+            Claim::Owner(at) => published = Some(at),
+            Claim::Open(owner) => {
+                let remote = crate::jobs::run::attach_remote(
+                    worker,
+                    conn,
+                    head,
+                    owner,
+                    key,
+                    callback.clone(),
+                )
+                .await;
+                if let Some(next) = remote {
+                    worker.give_request_buf(request);
+                    return next;
+                }
+            }
+            Claim::Unavailable => {}
         }
     }
     let job = crate::jobs::run::JobRequest {
@@ -269,6 +292,7 @@ async fn handle(
         method: head.method,
         bytes: request,
         callback,
+        published,
     };
     crate::jobs::run::serve_job(worker, slot, head, job, key).await
 }

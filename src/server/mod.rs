@@ -207,6 +207,9 @@ fn run_worker(
         let worker = Rc::new(Worker::new(id, &shared));
         monoio::spawn(worker.timers.clone().run());
         monoio::spawn(sweep_pool(worker.clone()));
+        if shared.config.workers > 1 {
+            monoio::spawn(crate::jobs::run::serve_remote_duplicates(worker.clone()));
+        }
         if id == 0 {
             monoio::spawn(sweep_jobs(worker.clone()));
         }
@@ -312,6 +315,10 @@ fn shared_state(config: Arc<Config>, upstream: Arc<Upstream>) -> Result<Shared, 
         webhooks: webhooks.handle(),
         sender: std::sync::Mutex::new(Some(webhooks)),
         open_jobs: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        open_keys: Arc::new(crate::jobs::crosscore::OpenKeys::new(
+            config.workers,
+            ex.max_inflight,
+        )),
         epoch: std::time::Instant::now(),
         epoch_wall: std::time::SystemTime::now(),
     })

@@ -18,6 +18,7 @@ use bytes::BytesMut;
 use crate::config::Config;
 use crate::http::HeadLimits;
 use crate::jobs::backoff::Rng;
+use crate::jobs::crosscore::OpenKeys;
 use crate::jobs::registry::{JobRecord, JobStatus, Registry, StoredResponse};
 use crate::jobs::run::{DedupKey, JobCell};
 use crate::jobs::slots::SlotQueues;
@@ -53,6 +54,8 @@ pub struct Shared {
     pub sender: std::sync::Mutex<Option<Sender>>,
     /// Open jobs across all workers (for `--max-inflight`).
     pub open_jobs: Arc<AtomicUsize>,
+    /// Open dedup keys across workers and the workers' mailboxes (cross-core dedup).
+    pub open_keys: Arc<OpenKeys>,
     /// The process clock's zero: worker clocks count nanoseconds from here.
     pub epoch: Instant,
     /// Wall-clock time at `epoch`, to show times in job status documents.
@@ -67,12 +70,14 @@ pub struct Worker {
     pub registry: Arc<Registry>,
     pub webhooks: SenderHandle,
     pub open_jobs: Arc<AtomicUsize>,
+    pub open_keys: Arc<OpenKeys>,
     pub pool: RefCell<Pool>,
     pub limits: HeadLimits,
     pub timers: Rc<Timers>,
     pub slots: SlotQueues,
     pub rng: RefCell<Rng>,
-    /// Open jobs of this core by dedup key (see `jobs::run::attach`).
+    /// Open jobs of this core by dedup key (see `jobs::run::attach`; other cores find them
+    /// through `open_keys`).
     pub dedup: RefCell<HashMap<DedupKey, Rc<JobCell>>>,
     /// Job cells kept for reuse, so the direct path allocates none per request.
     job_cells: RefCell<Vec<Rc<JobCell>>>,
@@ -103,6 +108,7 @@ impl Worker {
             registry: shared.registry.clone(),
             webhooks: shared.webhooks.clone(),
             open_jobs: shared.open_jobs.clone(),
+            open_keys: shared.open_keys.clone(),
             pool: RefCell::new(pool),
             limits,
             timers: Timers::new(shared.epoch, TIMER_TICK),
