@@ -777,3 +777,43 @@ fn head_requests_get_sluice_answers_without_a_body() {
         assert_json_error(&third, 404, "not_found");
     });
 }
+
+#[test]
+fn a_callback_to_a_host_name_is_resolved_and_delivered_on_both_drivers() {
+    // The name is looked up on the worker runtime's blocking pool (never on the I/O thread);
+    // without that pool the lookup could not run and the callback would never arrive.
+    for_both_drivers(|legacy| {
+        let origin = slow_counter_origin(300);
+        let hooks = MockReceiver::start(vec![Answer::Status(200)]);
+        let hook = format!("http://localhost:{}/named", hooks.port())
+            .replace(':', "%3A")
+            .replace('/', "%2F");
+        let sluice = start(
+            &origin.url(),
+            &[
+                "--ingress-request-timeout-ms",
+                "50",
+                "--callback-allow",
+                "localhost",
+            ],
+            legacy,
+        );
+        let resp = sluice
+            .connect()
+            .get(&format!("/crypto/sign?message=named&callback={hook}"));
+        assert_eq!(resp.status, 202, "{}", resp.head_text());
+        let location = resp.header("location").unwrap();
+        let json = poll_status(&sluice, &location, |j| {
+            terminal(j) && j["callback"] == "delivered"
+        });
+        assert_eq!(json["status"], "succeeded");
+        let received = hooks.wait_for(1, IO_TIMEOUT);
+        assert_eq!(received.len(), 1);
+        assert_eq!(received[0].target, "/named");
+        assert_eq!(
+            received[0].header("host"),
+            Some(format!("localhost:{}", hooks.port()))
+        );
+        assert_eq!(received[0].body, b"answer for /crypto/sign?message=named");
+    });
+}

@@ -259,7 +259,8 @@ impl Registry {
     }
 }
 
-/// Records a webhook delivery report on the job it belongs to (called on a sender thread).
+/// Records a webhook delivery report on the job it belongs to (called on the worker thread that
+/// made the delivery attempt, so it only takes short locks).
 pub fn record_delivery(registry: &Registry, report: &crate::webhook::DeliveryReport) {
     use crate::webhook::DeliveryOutcome;
     let Some(id) = JobId::parse(report.job_id.as_bytes()) else {

@@ -37,6 +37,10 @@ pub const LISTEN_BACKLOG: i32 = 4096;
 /// How often each worker closes pooled upstream connections that passed their idle timeout,
 /// as a fraction of that timeout.
 const POOL_SWEEPS_PER_IDLE_TIMEOUT: u32 = 4;
+/// Threads of each worker's blocking pool (`monoio::spawn_blocking`). Only webhook host-name
+/// lookups (`getaddrinfo` blocks) run there; deliveries are rare next to requests, and two let
+/// one slow lookup not hold up the next.
+pub const BLOCKING_THREADS: usize = 2;
 /// How often finished jobs past their retention are removed from the registry.
 const JOB_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -234,6 +238,9 @@ fn build_runtime(
         .enable_timer()
         .with_entries(URING_ENTRIES)
         .uring_builder(urb)
+        .attach_thread_pool(Box::new(monoio::blocking::DefaultThreadPool::new(
+            BLOCKING_THREADS,
+        )))
         .build()
 }
 
@@ -268,7 +275,7 @@ pub fn spawn_guarded<F: Future<Output = ()> + 'static>(fut: F) {
 /// Runs a future and turns a panic inside it into an `Err`, so that a bug triggered by one
 /// connection closes that connection instead of taking the whole worker (and every other
 /// connection on it) down. Requires `panic = "unwind"`, which the release profile sets.
-struct CatchUnwind<F>(Pin<Box<F>>);
+pub(crate) struct CatchUnwind<F>(pub(crate) Pin<Box<F>>);
 
 impl<F: Future> Future for CatchUnwind<F> {
     type Output = Result<F::Output, ()>;
@@ -284,7 +291,7 @@ impl<F: Future> Future for CatchUnwind<F> {
 }
 
 /// Builds the state all workers share: rate limiters, the deferred-job registry and the
-/// webhook sender (its threads start here, off the I/O threads).
+/// webhook sender's configuration and report hook (each worker runs its own sender).
 fn shared_state(config: Arc<Config>, upstream: Arc<Upstream>) -> Result<Shared, String> {
     let ex = &config.executor;
     let limiters = crate::limit::Registry::new(
@@ -305,15 +312,16 @@ fn shared_state(config: Arc<Config>, upstream: Arc<Upstream>) -> Result<Shared, 
     sender_config.allow = ex.callback_allow.clone();
     sender_config.retry = ex.webhook_retry;
     sender_config.request_timeout = ex.webhook_timeout;
-    let webhooks = crate::webhook::Sender::start(sender_config, report)
+    sender_config
+        .validate()
         .map_err(|e| format!("cannot start the webhook sender: {e}"))?;
     Ok(Shared {
         config: config.clone(),
         upstream,
         limiters: Arc::new(limiters),
         registry,
-        webhooks: webhooks.handle(),
-        sender: std::sync::Mutex::new(Some(webhooks)),
+        webhook_config: Arc::new(sender_config),
+        webhook_report: report,
         open_jobs: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         open_keys: Arc::new(crate::jobs::crosscore::OpenKeys::new(
             config.workers,

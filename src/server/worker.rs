@@ -2,9 +2,9 @@
 //!
 //! A [`Worker`] lives in an `Rc` on its own thread (monoio tasks are `!Send`): the read-only
 //! [`Shared`] state of the process (configuration, origin, rate limiters, deferred-job
-//! registry, webhook sender: `Arc`s shared with the other workers), and this core's own parts:
-//! the upstream keep-alive pool, the timer service, the rate-limit wait queues, a random
-//! generator for retry jitter, and pools of reusable buffers.
+//! registry, webhook sender configuration: `Arc`s shared with the other workers), and this
+//! core's own parts: the upstream keep-alive pool, the timer service, the webhook sender, the
+//! rate-limit wait queues, a random generator for retry jitter, and pools of reusable buffers.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -26,7 +26,7 @@ use crate::limit::Registry as Limiters;
 use crate::timer::Timers;
 use crate::upstream::pool::Pool;
 use crate::upstream::Upstream;
-use crate::webhook::{CallbackUrl, Delivery, JobOutcome, Sender, SenderHandle};
+use crate::webhook::{CallbackUrl, Delivery, JobOutcome, ReportHook, Sender, SenderConfig};
 
 /// Initial capacity of a client connection's read buffer. Typical request heads are well under
 /// 1 KiB; the buffer grows (up to `--max-head-bytes` for heads) only when needed.
@@ -48,10 +48,11 @@ pub struct Shared {
     pub upstream: Arc<Upstream>,
     pub limiters: Arc<Limiters>,
     pub registry: Arc<Registry>,
-    /// Submits deliveries to the webhook sender threads (cloneable, never blocks).
-    pub webhooks: SenderHandle,
-    /// The sender itself, kept for shutdown (flushing undelivered callbacks).
-    pub sender: std::sync::Mutex<Option<Sender>>,
+    /// What every worker's webhook sender runs with (validated at start-up).
+    pub webhook_config: Arc<SenderConfig>,
+    /// Called after every delivery attempt, on the worker that made it: records the outcome on
+    /// the job.
+    pub webhook_report: ReportHook,
     /// Open jobs across all workers (for `--max-inflight`).
     pub open_jobs: Arc<AtomicUsize>,
     /// Open dedup keys across workers and the workers' mailboxes (cross-core dedup).
@@ -68,7 +69,9 @@ pub struct Worker {
     pub upstream: Arc<Upstream>,
     pub limiters: Arc<Limiters>,
     pub registry: Arc<Registry>,
-    pub webhooks: SenderHandle,
+    /// This core's webhook sender: deliveries of jobs that ended here run as tasks on this
+    /// core; `webhooks.shutdown(grace)` hands back the undelivered ones.
+    pub webhooks: Sender,
     pub open_jobs: Arc<AtomicUsize>,
     pub open_keys: Arc<OpenKeys>,
     pub pool: RefCell<Pool>,
@@ -101,17 +104,23 @@ impl Worker {
             .as_nanos()
             .wrapping_add(id as u128 * 0x9E37_79B9_7F4A_7C15) as u64
             | 1;
+        let timers = Timers::new(shared.epoch, TIMER_TICK);
+        let webhooks = Sender::new(
+            shared.webhook_config.clone(),
+            timers.clone(),
+            shared.webhook_report.clone(),
+        );
         Worker {
             id,
             upstream: shared.upstream.clone(),
             limiters: shared.limiters.clone(),
             registry: shared.registry.clone(),
-            webhooks: shared.webhooks.clone(),
+            webhooks,
             open_jobs: shared.open_jobs.clone(),
             open_keys: shared.open_keys.clone(),
             pool: RefCell::new(pool),
             limits,
-            timers: Timers::new(shared.epoch, TIMER_TICK),
+            timers,
             slots: SlotQueues::new(shared.limiters.len()),
             rng: RefCell::new(Rng::new(seed)),
             dedup: RefCell::new(HashMap::new()),
@@ -204,7 +213,7 @@ impl Worker {
         }
     }
 
-    /// Hands a finished deferred job's callback to the webhook sender (never blocks).
+    /// Hands a finished deferred job's callback to this core's webhook sender (never blocks).
     pub fn submit_callback(
         &self,
         record: &JobRecord,

@@ -13,13 +13,16 @@
 //! - [`schedule`]: the retry schedule (backoff, jitter, caps, `Retry-After`), pure functions.
 //! - [`delivery`]: the persistable [`Delivery`] record, attempt results and reports.
 //! - [`request`]: the request head and response verdict on the wire, sans-IO.
-//! - [`sender`]: the thread pool that makes attempts with blocking I/O, away from the gateway's
-//!   I/O threads.
+//! - [`sender`]: the per-core [`Sender`]: each delivery is an async task on the worker's monoio
+//!   runtime that sleeps on the worker's timer wheel until due, makes its attempt with
+//!   non-blocking I/O (name lookups on the runtime's blocking pool) and reports; records live
+//!   in a per-core slab until delivered, given up, or handed back at shutdown.
 //!
-//! Flow: request time: [`url::extract_callback`] (400 on error) -> job runs -> job ends:
-//! [`Delivery::new`] -> [`SenderHandle::submit`] -> a sender thread: allow check, resolve, allow
-//! check of the addresses, connect, POST, verdict -> [`delivery::settle`] -> report hook
-//! ([`DeliveryReport`]) -> requeue with a delay, or done.
+//! Flow: request time: [`url::extract_callback`] (400 on error) -> job runs -> job ends on a
+//! worker: [`Delivery::new`] -> that worker's [`Sender::submit`] -> a task on the same core:
+//! wait on the timer wheel until due, allow check, resolve (blocking pool), allow check of the
+//! addresses, connect, POST, verdict (all bounded by wheel timers) -> [`delivery::settle`] ->
+//! report hook ([`DeliveryReport`]) -> sleep until the next attempt, or done.
 
 pub mod allow;
 pub mod delivery;
@@ -34,6 +37,6 @@ pub use delivery::{
     AttemptFailure, AttemptResult, Delivery, DeliveryOutcome, DeliveryReport, JobOutcome,
 };
 pub use schedule::{next_delay, parse_retry_after, Jitter, RetryPolicy, SplitMix64};
-pub use sender::{ReportHook, Sender, SenderClosed, SenderConfig, SenderHandle};
+pub use sender::{ReportHook, Sender, SenderClosed, SenderConfig};
 pub use sign::{sign, verify, WebhookSecret};
 pub use url::{extract_callback, strip_callback, CallbackHost, CallbackScheme, CallbackUrl};

@@ -3,7 +3,7 @@
 //!
 //! Pure functions of their inputs: time arrives as durations (`elapsed` since the delivery was
 //! created) and randomness through the [`Jitter`] trait, so every rule is unit-tested without
-//! sleeping. The sender threads feed them real time and a [`SplitMix64`] seeded from the OS.
+//! sleeping. The per-core senders feed them real time and a [`SplitMix64`] seeded from the OS.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -1,33 +1,67 @@
-//! The webhook sender: a small pool of dedicated std threads that make delivery attempts with
-//! blocking I/O, fed by a time-ordered queue.
+//! The webhook sender: one per worker core, making delivery attempts as async tasks on that
+//! core's monoio runtime, with every wait (retry schedules, the request timeout) on the core's
+//! timer wheel ([`crate::timer::Timers`]).
 //!
-//! Why threads and blocking sockets: a delivery needs DNS (`getaddrinfo` blocks), a connect, a
-//! TLS handshake and a wait of up to the request timeout, none of which may ever run on the
-//! gateway's I/O threads. [`SenderHandle::submit`] only takes a mutex that is never held across
-//! I/O, so any thread (an I/O thread included) can call it.
+//! This module owns the sockets of a delivery and the bookkeeping of its records; the wire
+//! format is in `request.rs`, the schedule in `schedule.rs`, and the bookkeeping of one result
+//! in `delivery::settle`.
 //!
-//! The queue is a `Mutex<BinaryHeap>` ordered by due time plus a `Condvar`: workers sleep until
-//! the earliest delivery is due or something is submitted. A record is never only on a thread's
-//! stack: while an attempt runs, a copy sits in the in-flight table, so [`Sender::shutdown`]
-//! can hand back every undelivered record (queued or still in flight) for persistence.
+//! # Design: one task per delivery
+//! [`Sender::submit`] puts the record in the core's [`Slab`] of records and spawns one task
+//! (with [`crate::server::spawn_guarded`]) that owns that slab index for the delivery's whole
+//! life. The task loops: sleep on the wheel until the record is due -> attempt -> `settle` ->
+//! report -> (retrying) write the new record back in its slab entry and sleep again, or (final)
+//! remove the entry and end. Why a task per delivery rather than one per-core loop: a slow
+//! receiver then costs its own task a socket and nothing else, a sleeping delivery costs one
+//! wheel entry (O(1) insert and cancel, no allocation in steady state) and a small task (the
+//! attempt's future is boxed only while it runs), and there is no queue to order or scan: the
+//! wheel is the queue.
 //!
-//! One attempt: check the host against `--callback-allow`, resolve, keep the allowed addresses,
-//! connect (TCP, then rustls for https), send the head and body, read the response head and at
-//! most [`MAX_DRAINED_BODY_BYTES`] of the body, close. [`SenderConfig::request_timeout`] bounds
-//! connect + send + response head together; name resolution is bounded by the system resolver's
-//! own timeouts. The wire format is in `request.rs`, the schedule in `schedule.rs`, and the
-//! bookkeeping of one result in `delivery::settle`.
+//! A record is never only on a task's stack: the slab entry holds it while the task sleeps and
+//! while an attempt (on a copy) runs, so [`Sender::take_undelivered`] can hand back every
+//! undelivered record, queued or in flight, for a later persistence layer.
+//!
+//! # Shutdown
+//! [`Sender::shutdown`] stops taking work (a submit gets its record back in [`SenderClosed`]),
+//! ends every task that waits for a due time (its timer is cancelled, its record stays), waits up
+//! to a grace period for attempts under way (their reports are made; one that must retry is kept,
+//! not requeued), then calls [`Sender::take_undelivered`]. That one hands back every remaining
+//! record in due order and ends every task at its next poll: an attempt still under way is
+//! dropped with its connection (it may have reached the receiver: delivery is at-least-once).
+//!
+//! # One attempt
+//! Check the host against `--callback-allow`; resolve a name with `getaddrinfo` on the runtime's
+//! blocking pool (`monoio::spawn_blocking`: it blocks, so never on the I/O thread; IP literals
+//! skip it), bounded by [`SenderConfig::request_timeout`] on its own; keep the allowed addresses;
+//! connect (TCP to each address in turn, then monoio-rustls for https); send the head and body;
+//! read the response head (skipping 1xx); classify it; read and discard at most
+//! [`MAX_DRAINED_BODY_BYTES`] of the body within [`BODY_DRAIN_TIMEOUT`]; close.
+//! [`SenderConfig::request_timeout`] bounds connect + send + response head together: every I/O
+//! future races one wheel timer, and on timeout the future and its connection are dropped (a
+//! monoio-rustls stream whose read was dropped must never be read again; a connection here is
+//! never reused anyway). A panic inside an attempt is caught and counts as a failed attempt, so
+//! the record is retried, not lost.
+//!
+//! A task runs on the core that submitted the delivery, and the report hook is called there.
 
-use std::collections::{BinaryHeap, HashMap};
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::cell::{Cell, RefCell};
+use std::future::{poll_fn, Future};
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::pin::{pin, Pin};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+use monoio_rustls::{TlsConnector, TlsError};
 use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, ClientConnection, StreamOwned};
+use rustls::ClientConfig;
+use slab::Slab;
 
 use super::allow::{CallbackAllow, HostCheck};
 use super::delivery::{settle, AttemptFailure, AttemptResult, Delivery, DeliveryReport};
@@ -35,13 +69,12 @@ use super::request::{classify, encode_head, parse_head, BodyDrain, MAX_RESPONSE_
 use super::schedule::{RetryPolicy, SplitMix64};
 use super::sign::WebhookSecret;
 use super::url::{CallbackHost, CallbackScheme};
-
-/// Default number of sender threads. Deliveries are rare next to requests and each is mostly
-/// waiting; two let one slow receiver not hold up everyone else.
-pub const DEFAULT_THREADS: usize = 2;
+use crate::server::{spawn_guarded, CatchUnwind};
+use crate::timer::{Sleep, Timers};
+use crate::upstream::UpstreamStream;
 
 /// Default bound on connect + send + response head of one attempt. The Standard Webhooks
-/// guidance is 15-30 s; the short end keeps a hanging receiver from holding a thread long.
+/// guidance is 15-30 s; the short end keeps a hanging receiver from holding a socket long.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// At most this much of a response body is read (and discarded) after the head. Receivers'
@@ -57,21 +90,28 @@ pub const BODY_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// small webhooks); larger ones are written separately, without a copy.
 const INLINE_BODY_BYTES: usize = 16 * 1024;
 
-/// Read buffer step, in bytes.
+/// Free space ensured in the read buffer before each read, in bytes.
 const READ_CHUNK_BYTES: usize = 4096;
 
-/// The hook that receives a [`DeliveryReport`] after every attempt. Called on a sender thread;
-/// it must not block for long (hand the report to a channel or update a map). A panic in it is
-/// caught and ignored.
+/// Phase names of [`AttemptFailure::Timeout`] (shown as "callback timed out {phase}").
+const RESOLVING: &str = "resolving the host name";
+const CONNECTING: &str = "connecting";
+const HANDSHAKE: &str = "in the TLS handshake";
+const SENDING: &str = "sending the request";
+const WAITING: &str = "waiting for the response head";
+
+/// The hook that receives a [`DeliveryReport`] after every attempt. Called on the worker thread
+/// that made the attempt, between its I/O: it must not block (update a map, send on a channel).
+/// A panic in it is caught and ignored.
 pub type ReportHook = Arc<dyn Fn(DeliveryReport) + Send + Sync>;
 
-/// Everything the sender needs. Build with [`SenderConfig::new`] and adjust fields.
+/// Everything the sender needs; one `Arc` is shared by the senders of all cores. Build with
+/// [`SenderConfig::new`], adjust fields, and check with [`SenderConfig::validate`] before use.
 #[derive(Clone, Debug)]
 pub struct SenderConfig {
-    /// Worker threads (at least 1).
-    pub threads: usize,
     pub retry: RetryPolicy,
-    /// Bound on connect + send + response head of one attempt.
+    /// Bound on connect + send + response head of one attempt (and, separately, on resolving
+    /// the host name).
     pub request_timeout: Duration,
     /// With a secret, deliveries carry the Standard Webhooks `webhook-*` headers.
     pub secret: Option<WebhookSecret>,
@@ -82,12 +122,10 @@ pub struct SenderConfig {
 }
 
 impl SenderConfig {
-    /// Defaults: [`DEFAULT_THREADS`] threads, [`RetryPolicy::default`] (first retry within ~5 s,
-    /// at most 10 min apart, give up after 24 h), [`DEFAULT_REQUEST_TIMEOUT`], unsigned, every
-    /// target allowed.
+    /// Defaults: [`RetryPolicy::default`] (first retry within ~5 s, at most 10 min apart, give
+    /// up after 24 h), [`DEFAULT_REQUEST_TIMEOUT`], unsigned, every target allowed.
     pub fn new(tls: Arc<ClientConfig>) -> SenderConfig {
         SenderConfig {
-            threads: DEFAULT_THREADS,
             retry: RetryPolicy::default(),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             secret: None,
@@ -98,9 +136,6 @@ impl SenderConfig {
 
     /// Checks every field; the error names the rule.
     pub fn validate(&self) -> Result<(), String> {
-        if self.threads == 0 {
-            return Err("webhook sender: at least 1 thread is needed".into());
-        }
         if self.request_timeout.is_zero() {
             return Err("webhook sender: the request timeout must be more than 0".into());
         }
@@ -108,7 +143,7 @@ impl SenderConfig {
     }
 }
 
-/// `submit` after `shutdown` started: the record is handed back, never dropped.
+/// `submit` after shutdown started: the record is handed back, never dropped.
 #[derive(Debug)]
 pub struct SenderClosed(pub Box<Delivery>);
 
@@ -124,326 +159,363 @@ impl std::fmt::Display for SenderClosed {
 
 impl std::error::Error for SenderClosed {}
 
-/// A queued delivery. The heap is a max-heap, so the order is reversed: earliest due first,
-/// then submission order.
-struct Queued {
-    due: Instant,
+/// Where the sender is in its life. Ordered: each phase only moves forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    /// Taking work.
+    Open,
+    /// `shutdown` started: no new work, no new attempts; attempts under way finish.
+    Closing,
+    /// Records handed back: every task ends at its next poll.
+    Stopped,
+}
+
+/// One undelivered record, at the slab index its task owns.
+struct Entry {
+    record: Delivery,
+    /// When the next attempt is due, on the timer clock (nanoseconds since its epoch).
+    due: u64,
+    /// Submission order: records due at the same time are handed back in this order.
     seq: u64,
-    delivery: Delivery,
+    /// Whether an attempt (on a copy of `record`) is under way.
+    in_flight: bool,
+    /// The task's waker while it waits, so that shutdown can end the wait.
+    waker: Option<Waker>,
 }
 
-impl PartialEq for Queued {
-    fn eq(&self, other: &Self) -> bool {
-        (self.due, self.seq) == (other.due, other.seq)
-    }
-}
-
-impl Eq for Queued {}
-
-impl PartialOrd for Queued {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Queued {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (other.due, other.seq).cmp(&(self.due, self.seq))
-    }
-}
-
-#[derive(Default)]
-struct State {
-    queue: BinaryHeap<Queued>,
-    /// Records whose attempt is under way, by sequence number.
-    in_flight: HashMap<u64, Delivery>,
-    next_seq: u64,
-    closed: bool,
-}
-
-struct Shared {
-    state: Mutex<State>,
-    /// Workers wait here for due work, new work or shutdown.
-    work: Condvar,
-    /// `shutdown` waits here for the in-flight table to empty.
-    idle: Condvar,
-    config: SenderConfig,
+struct Inner {
+    config: Arc<SenderConfig>,
+    timers: Rc<Timers>,
     report: ReportHook,
+    tls: TlsConnector,
+    records: RefCell<Slab<Entry>>,
+    next_seq: Cell<u64>,
+    phase: Cell<Phase>,
+    /// Entries with `in_flight` set.
+    in_flight: Cell<usize>,
+    /// `shutdown`'s waker while it waits for attempts under way.
+    idle: RefCell<Option<Waker>>,
+    /// Retry jitter.
+    rng: RefCell<SplitMix64>,
 }
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // The state is plain data updated in single steps; a panic elsewhere cannot leave it
-        // half-written, so a poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn push(&self, state: &mut State, delivery: Delivery) {
-        let due = due_instant(delivery.next_attempt_at);
-        let seq = state.next_seq;
-        state.next_seq += 1;
-        state.queue.push(Queued { due, seq, delivery });
-        self.work.notify_one();
-    }
-}
-
-/// The `Instant` for a wall-clock due time (`None` or past: now).
-fn due_instant(at: Option<SystemTime>) -> Instant {
-    let now = Instant::now();
-    let wait = at
-        .and_then(|at| at.duration_since(SystemTime::now()).ok())
-        .unwrap_or(Duration::ZERO);
-    now.checked_add(wait).unwrap_or(now)
-}
-
-/// A cheap, cloneable, thread-safe submission handle.
+/// One core's webhook sender. Cheap to clone (an `Rc`); `!Send`: every clone belongs to the
+/// worker thread that made it. See the module documentation for the design.
 #[derive(Clone)]
-pub struct SenderHandle {
-    shared: Arc<Shared>,
-}
-
-impl SenderHandle {
-    /// Queues a delivery, due at `next_attempt_at` (or now). Never blocks on I/O. After
-    /// shutdown the record comes back in the error.
-    pub fn submit(&self, delivery: Delivery) -> Result<(), SenderClosed> {
-        let mut state = self.shared.lock();
-        if state.closed {
-            return Err(SenderClosed(Box::new(delivery)));
-        }
-        self.shared.push(&mut state, delivery);
-        Ok(())
-    }
-
-    /// Deliveries not finished yet: queued plus in flight.
-    pub fn pending(&self) -> usize {
-        let state = self.shared.lock();
-        state.queue.len() + state.in_flight.len()
-    }
-}
-
-/// The running sender: its threads and queue. Keep it where the process shuts down (it is
-/// consumed by [`Sender::shutdown`]) and give other threads a [`SenderHandle`]. Dropping it
-/// without `shutdown` stops the threads after their current attempt and loses the queued
-/// records.
 pub struct Sender {
-    handle: SenderHandle,
-    threads: Vec<JoinHandle<()>>,
+    inner: Rc<Inner>,
 }
 
 impl Sender {
-    /// Validates `config` and spawns its worker threads (named `sluice-webhook-N`).
-    pub fn start(config: SenderConfig, report: ReportHook) -> Result<Sender, String> {
-        config.validate()?;
-        let count = config.threads;
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
-            work: Condvar::new(),
-            idle: Condvar::new(),
-            config,
-            report,
-        });
-        let mut threads = Vec::with_capacity(count);
-        for n in 0..count {
-            let worker_shared = Arc::clone(&shared);
-            let spawned = std::thread::Builder::new()
-                .name(format!("sluice-webhook-{n}"))
-                .spawn(move || worker(&worker_shared));
-            match spawned {
-                Ok(handle) => threads.push(handle),
-                Err(e) => {
-                    let sender = Sender {
-                        handle: SenderHandle { shared },
-                        threads,
-                    };
-                    sender.shutdown(Duration::ZERO);
-                    return Err(format!("webhook sender: cannot start a thread: {e}"));
-                }
-            }
+    /// A sender for this core. `config` must have passed [`SenderConfig::validate`] (the
+    /// gateway checks it once at start-up, before any worker starts). `timers` is this core's
+    /// timer service, whose driver must run; the runtime must have a blocking pool attached
+    /// (`attach_thread_pool`) for host-name lookups.
+    pub fn new(config: Arc<SenderConfig>, timers: Rc<Timers>, report: ReportHook) -> Sender {
+        let tls = TlsConnector::from(Arc::clone(&config.tls));
+        Sender {
+            inner: Rc::new(Inner {
+                config,
+                timers,
+                report,
+                tls,
+                records: RefCell::new(Slab::new()),
+                next_seq: Cell::new(0),
+                phase: Cell::new(Phase::Open),
+                in_flight: Cell::new(0),
+                idle: RefCell::new(None),
+                rng: RefCell::new(SplitMix64::from_entropy()),
+            }),
         }
-        Ok(Sender {
-            handle: SenderHandle { shared },
-            threads,
-        })
     }
 
-    /// A handle for submitting from other threads.
-    pub fn handle(&self) -> SenderHandle {
-        self.handle.clone()
-    }
-
-    /// See [`SenderHandle::submit`].
+    /// Queues a delivery, due at `next_attempt_at` (or now), and spawns its task on this core.
+    /// Never blocks; call it from a task on this core's runtime. After shutdown started, the
+    /// record comes back in the error.
     pub fn submit(&self, delivery: Delivery) -> Result<(), SenderClosed> {
-        self.handle.submit(delivery)
-    }
-
-    /// See [`SenderHandle::pending`].
-    pub fn pending(&self) -> usize {
-        self.handle.pending()
-    }
-
-    /// Stops taking work, waits up to `grace` for attempts under way (their reports are made),
-    /// and returns every undelivered record: the queued ones and those whose attempt outlived
-    /// `grace` (such an attempt may still succeed; delivery is at-least-once). Threads still in
-    /// an attempt after `grace` are left to finish on their own and may still call the report
-    /// hook.
-    pub fn shutdown(mut self, grace: Duration) -> Vec<Delivery> {
-        let shared = &self.handle.shared;
-        let now = Instant::now();
-        let deadline = now
-            .checked_add(grace)
-            .unwrap_or(now + Duration::from_secs(86_400));
-        let mut state = shared.lock();
-        state.closed = true;
-        shared.work.notify_all();
-        while !state.in_flight.is_empty() {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            state = shared
-                .idle
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+        let inner = &self.inner;
+        if inner.phase.get() != Phase::Open {
+            return Err(SenderClosed(Box::new(delivery)));
         }
-        let all_idle = state.in_flight.is_empty();
-        let mut left: Vec<Queued> = std::mem::take(&mut state.queue).into_vec();
-        left.sort_by_key(|q| (q.due, q.seq));
-        let mut records: Vec<Delivery> = left.into_iter().map(|q| q.delivery).collect();
-        let mut running: Vec<(u64, Delivery)> = state.in_flight.drain().collect();
-        running.sort_by_key(|(seq, _)| *seq);
-        records.extend(running.into_iter().map(|(_, d)| d));
-        drop(state);
-        if all_idle {
-            // Every worker is between attempts and sees `closed`: joining is immediate.
-            for thread in std::mem::take(&mut self.threads) {
-                let _ = thread.join();
+        let due = due_nanos(
+            inner.timers.now(),
+            SystemTime::now(),
+            delivery.next_attempt_at,
+        );
+        let seq = inner.next_seq.get();
+        inner.next_seq.set(seq.wrapping_add(1));
+        let key = inner.records.borrow_mut().insert(Entry {
+            record: delivery,
+            due,
+            seq,
+            in_flight: false,
+            waker: None,
+        });
+        spawn_guarded(deliver(Rc::clone(inner), key));
+        Ok(())
+    }
+
+    /// Deliveries not finished yet: waiting for their due time plus in flight.
+    pub fn pending(&self) -> usize {
+        self.inner.records.borrow().len()
+    }
+
+    /// Stops taking work, waits up to `grace` (on the timer wheel) for attempts under way (their
+    /// reports are made), and returns every undelivered record: see
+    /// [`Sender::take_undelivered`]. Records that wait for a later attempt do not hold it up.
+    pub async fn shutdown(&self, grace: Duration) -> Vec<Delivery> {
+        let inner = &self.inner;
+        if inner.phase.get() == Phase::Open {
+            inner.phase.set(Phase::Closing);
+            // End the waits for due times; tasks in an attempt go on.
+            let sleepers: Vec<Waker> = inner
+                .records
+                .borrow_mut()
+                .iter_mut()
+                .filter(|(_, e)| !e.in_flight)
+                .filter_map(|(_, e)| e.waker.take())
+                .collect();
+            sleepers.into_iter().for_each(Waker::wake);
+        }
+        let mut timer = inner.timers.sleep(grace);
+        poll_fn(|cx| {
+            if inner.in_flight.get() == 0 || Pin::new(&mut timer).poll(cx).is_ready() {
+                return Poll::Ready(());
             }
+            let replaced = inner.idle.borrow_mut().replace(cx.waker().clone());
+            drop(replaced);
+            Poll::Pending
+        })
+        .await;
+        self.take_undelivered()
+    }
+
+    /// Stops the sender at once and hands back every undelivered record (those waiting for an
+    /// attempt and those in flight, whose attempt is abandoned), in due order. Every task ends
+    /// at its next poll, cancelling its timer; none reports again. Later submissions are
+    /// refused with [`SenderClosed`].
+    pub fn take_undelivered(&self) -> Vec<Delivery> {
+        let inner = &self.inner;
+        inner.phase.set(Phase::Stopped);
+        inner.in_flight.set(0);
+        let idle = inner.idle.borrow_mut().take();
+        if let Some(waker) = idle {
+            waker.wake();
+        }
+        let mut entries: Vec<Entry> = inner.records.borrow_mut().drain().collect();
+        entries.sort_by_key(|e| (e.due, e.seq));
+        let mut records = Vec::with_capacity(entries.len());
+        for entry in entries {
+            if let Some(waker) = entry.waker {
+                waker.wake();
+            }
+            records.push(entry.record);
         }
         records
     }
 }
 
-impl Drop for Sender {
-    fn drop(&mut self) {
-        // Without this the workers would wait on the condvar forever.
-        self.handle.shared.lock().closed = true;
-        self.handle.shared.work.notify_all();
-    }
-}
-
-fn worker(shared: &Shared) {
-    let mut rng = SplitMix64::from_entropy();
-    let mut head_buf = Vec::new();
-    loop {
-        let (seq, delivery) = {
-            let mut state = shared.lock();
-            loop {
-                if state.closed {
-                    return;
-                }
-                let now = Instant::now();
-                match state.queue.peek().map(|top| top.due) {
-                    Some(due) if due <= now => break,
-                    Some(due) => {
-                        state = shared
-                            .work
-                            .wait_timeout(state, due - now)
-                            .unwrap_or_else(|p| p.into_inner())
-                            .0;
-                    }
-                    None => state = shared.work.wait(state).unwrap_or_else(|p| p.into_inner()),
-                }
+impl Inner {
+    /// Polls `fut` to completion, unless the sender reaches `stop` first (checked before every
+    /// poll): then `None`, and `fut` is dropped by the caller.
+    async fn unless<F: Future>(&self, key: usize, stop: Phase, fut: F) -> Option<F::Output> {
+        let mut fut = pin!(fut);
+        poll_fn(|cx| {
+            if self.phase.get() >= stop {
+                return Poll::Ready(None);
             }
-            let Some(next) = state.queue.pop() else {
-                continue;
+            if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Some(out));
+            }
+            let replaced = match self.records.borrow_mut().get_mut(key) {
+                Some(entry) => match &entry.waker {
+                    Some(w) if w.will_wake(cx.waker()) => None,
+                    _ => entry.waker.replace(cx.waker().clone()),
+                },
+                None => None,
             };
-            state.in_flight.insert(next.seq, next.delivery.clone());
-            (next.seq, next.delivery)
-        };
+            // Dropped outside the borrow: dropping a waker may run arbitrary code.
+            drop(replaced);
+            Poll::Pending
+        })
+        .await
+    }
 
-        let config = &shared.config;
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            attempt(config, &delivery, &mut head_buf)
-        }))
-        .unwrap_or(AttemptResult::Failed(AttemptFailure::Internal(
-            "delivery attempt panicked",
-        )));
-        let report = settle(delivery, result, &config.retry, SystemTime::now(), &mut rng);
-        // Order matters: a finished record leaves the books before its report (so `pending()`
-        // is already 0 when the owner hears "delivered"); a retried one is requeued only after
-        // its report (so its next attempt, maybe on another thread, cannot report first).
-        if report.outcome.is_final() {
-            finish(shared, seq, None);
-            report_to(shared, report);
-        } else {
-            let record = report.record.clone();
-            report_to(shared, report);
-            finish(shared, seq, Some(record));
+    /// Marks the entry in flight and copies its record for the attempt; `None` when the entry
+    /// is gone (handed back).
+    fn begin(&self, key: usize) -> Option<Delivery> {
+        let mut records = self.records.borrow_mut();
+        let entry = records.get_mut(key)?;
+        entry.in_flight = true;
+        self.in_flight.set(self.in_flight.get() + 1);
+        Some(entry.record.clone())
+    }
+
+    /// Ends an attempt in the books: the entry leaves the slab when the delivery is over, or
+    /// takes the record with its next due time. Wakes `shutdown` when no attempt is left.
+    fn end(&self, key: usize, report: &DeliveryReport) {
+        {
+            let mut records = self.records.borrow_mut();
+            if report.outcome.is_final() {
+                if records.contains(key) {
+                    records.remove(key);
+                }
+            } else if let Some(entry) = records.get_mut(key) {
+                entry.record = report.record.clone();
+                entry.due = due_nanos(
+                    self.timers.now(),
+                    SystemTime::now(),
+                    entry.record.next_attempt_at,
+                );
+                entry.in_flight = false;
+            }
+        }
+        let left = self.in_flight.get().saturating_sub(1);
+        self.in_flight.set(left);
+        if left == 0 {
+            let idle = self.idle.borrow_mut().take();
+            if let Some(waker) = idle {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Calls the report hook; a panic in it is contained (the task and the record survive).
+    fn report_to(&self, report: DeliveryReport) {
+        let hook = &self.report;
+        if catch_unwind(AssertUnwindSafe(|| hook(report))).is_err() {
+            crate::log::error(format_args!("the webhook report hook panicked"));
         }
     }
 }
 
-/// Calls the report hook; a panic in it is contained (the worker and the record survive).
-fn report_to(shared: &Shared, report: DeliveryReport) {
-    let hook = &shared.report;
-    let _ = catch_unwind(AssertUnwindSafe(|| hook(report)));
+/// The task of one delivery: the slab entry `key` is its record until the delivery is over or
+/// handed back.
+async fn deliver(inner: Rc<Inner>, key: usize) {
+    loop {
+        let Some(due) = inner.records.borrow().get(key).map(|e| e.due) else {
+            return;
+        };
+        let wait = inner.timers.sleep_until(due);
+        if inner.unless(key, Phase::Closing, wait).await.is_none() {
+            // Shutdown: the record stays in the slab for `take_undelivered`.
+            return;
+        }
+        let Some(record) = inner.begin(key) else {
+            return;
+        };
+        // Boxed only while it runs, so a sleeping delivery's task stays small. A panic inside
+        // the attempt is caught here: a failed attempt, retried like any other.
+        let running = CatchUnwind(Box::pin(attempt(&inner, &record)));
+        let result = match inner.unless(key, Phase::Stopped, running).await {
+            // Handed back: the record is no longer ours; the attempt and its socket are dropped.
+            None => return,
+            Some(Ok(result)) => result,
+            Some(Err(())) => {
+                crate::log::error(format_args!(
+                    "a webhook delivery attempt for job {} panicked; it will be retried",
+                    record.job_id
+                ));
+                AttemptResult::Failed(AttemptFailure::Internal("delivery attempt panicked"))
+            }
+        };
+        let report = {
+            let mut rng = inner.rng.borrow_mut();
+            settle(
+                record,
+                result,
+                &inner.config.retry,
+                SystemTime::now(),
+                &mut *rng,
+            )
+        };
+        let done = report.outcome.is_final();
+        // A finished record leaves the books before its report, so `pending()` is already 0
+        // when the owner hears "delivered".
+        inner.end(key, &report);
+        inner.report_to(report);
+        if done {
+            return;
+        }
+    }
 }
 
-/// Ends an attempt in the books: out of the in-flight table, back in the queue if retried.
-fn finish(shared: &Shared, seq: u64, retry: Option<Delivery>) {
-    let mut state = shared.lock();
-    state.in_flight.remove(&seq);
-    if let Some(record) = retry {
-        shared.push(&mut state, record);
-    }
-    if state.in_flight.is_empty() {
-        shared.idle.notify_all();
-    }
+/// The timer-clock due time of a record: `now` (timer clock) plus the time from `wall_now` to
+/// `at`; `now` when `at` is `None` or past; saturating far in the future.
+fn due_nanos(now: u64, wall_now: SystemTime, at: Option<SystemTime>) -> u64 {
+    let wait = at
+        .and_then(|at| at.duration_since(wall_now).ok())
+        .unwrap_or(Duration::ZERO);
+    now.saturating_add(duration_nanos(wait))
 }
 
-/// The time budget of one attempt.
-struct Deadline(Instant);
-
-impl Deadline {
-    fn remaining(&self, phase: &'static str) -> Result<Duration, AttemptFailure> {
-        self.0
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-            .ok_or(AttemptFailure::Timeout(phase))
-    }
-}
-
-/// One attempt, start to close.
-fn attempt(config: &SenderConfig, d: &Delivery, head: &mut Vec<u8>) -> AttemptResult {
-    let signing = config
-        .secret
-        .as_ref()
-        .map(|s| (s, unix_secs(SystemTime::now())));
-    if let Err(reason) = encode_head(d, signing, head) {
-        return AttemptResult::Rejected(reason);
-    }
-    let addrs = match target_addrs(&config.allow, d.url.host(), d.url.port()) {
-        Ok(addrs) => addrs,
-        Err(result) => return result,
-    };
-    let now = Instant::now();
-    let deadline = Deadline(now.checked_add(config.request_timeout).unwrap_or(now));
-    match exchange(config, d, head, &addrs, &deadline) {
-        Ok(result) => result,
-        Err(failure) => AttemptResult::Failed(failure),
-    }
+/// A duration in nanoseconds, saturating.
+fn duration_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// The allow check, resolution, and the addresses that may be dialled.
-fn target_addrs(
+/// Runs `op` until it completes or `timer` fires: `None` on timeout (then `op` is dropped,
+/// and with it any I/O it had under way). `op` is polled first, so an operation that is ready
+/// when the deadline passes still counts.
+async fn within<F: Future>(timer: &mut Sleep, op: F) -> Option<F::Output> {
+    let mut op = pin!(op);
+    poll_fn(|cx| {
+        if let Poll::Ready(out) = op.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        if Pin::new(&mut *timer).poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// One attempt, start to close.
+async fn attempt(inner: &Inner, d: &Delivery) -> AttemptResult {
+    let config = &inner.config;
+    let signing = config
+        .secret
+        .as_ref()
+        .map(|s| (s, unix_secs(SystemTime::now())));
+    let mut head = Vec::new();
+    if let Err(reason) = encode_head(d, signing, &mut head) {
+        return AttemptResult::Rejected(reason);
+    }
+    let addrs = match target_addrs(
+        &inner.timers,
+        &config.allow,
+        d.url.host(),
+        d.url.port(),
+        config.request_timeout,
+    )
+    .await
+    {
+        Ok(addrs) => addrs,
+        Err(result) => return result,
+    };
+    let deadline = inner
+        .timers
+        .now()
+        .saturating_add(duration_nanos(config.request_timeout));
+    match exchange(inner, d, head, &addrs, deadline).await {
+        Ok(result) => result,
+        Err(failure) => AttemptResult::Failed(failure),
+    }
+}
+
+/// The allow check, resolution (names only, off the I/O thread, bounded by `limit`), and the
+/// addresses that may be dialled. A host outside the list is rejected before any lookup.
+async fn target_addrs(
+    timers: &Rc<Timers>,
     allow: &CallbackAllow,
     host: &CallbackHost,
     port: u16,
+    limit: Duration,
 ) -> Result<Vec<SocketAddr>, AttemptResult> {
     let verdict = allow.check_host(host);
     if let HostCheck::Denied(reason) = verdict {
@@ -451,15 +523,47 @@ fn target_addrs(
     }
     let resolved: Vec<SocketAddr> = match host {
         CallbackHost::Ip(ip) => vec![SocketAddr::new(*ip, port)],
-        CallbackHost::Name(name) => match (name.as_str(), port).to_socket_addrs() {
-            Ok(addrs) => addrs.collect(),
-            Err(e) => {
-                return Err(AttemptResult::Failed(AttemptFailure::Resolve(format!(
-                    "{name}: {e}"
-                ))))
-            }
-        },
+        CallbackHost::Name(name) => resolve(timers, name, port, limit)
+            .await
+            .map_err(AttemptResult::Failed)?,
     };
+    screen_addrs(allow, host, verdict, resolved)
+}
+
+/// Looks `name` up with the system resolver on the runtime's blocking pool. Past `limit` the
+/// attempt stops waiting (the lookup itself ends on the pool within the resolver's timeouts).
+async fn resolve(
+    timers: &Rc<Timers>,
+    name: &str,
+    port: u16,
+    limit: Duration,
+) -> Result<Vec<SocketAddr>, AttemptFailure> {
+    let owned = name.to_string();
+    let lookup = monoio::spawn_blocking(move || {
+        (owned.as_str(), port)
+            .to_socket_addrs()
+            .map(|addrs| addrs.collect::<Vec<_>>())
+    });
+    let mut timer = timers.sleep(limit);
+    match within(&mut timer, lookup).await {
+        None => Err(AttemptFailure::Timeout(RESOLVING)),
+        Some(Err(_cancelled)) => Err(AttemptFailure::Internal(
+            "the host name lookup was cancelled",
+        )),
+        Some(Ok(Err(e))) => Err(AttemptFailure::Resolve(format!("{name}: {e}"))),
+        Some(Ok(Ok(addrs))) => Ok(addrs),
+    }
+}
+
+/// The resolved addresses that may be dialled, sans-IO: all of them unless the host's verdict
+/// asks for an address check; an empty result is a resolution failure, an empty allowed subset
+/// a rejection.
+fn screen_addrs(
+    allow: &CallbackAllow,
+    host: &CallbackHost,
+    verdict: HostCheck,
+    resolved: Vec<SocketAddr>,
+) -> Result<Vec<SocketAddr>, AttemptResult> {
     if resolved.is_empty() {
         return Err(AttemptResult::Failed(AttemptFailure::Resolve(format!(
             "{host}: no addresses"
@@ -477,64 +581,9 @@ fn target_addrs(
     Ok(resolved)
 }
 
-/// Plain or TLS connection to the receiver.
-enum Conn {
-    Plain(TcpStream),
-    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
-}
-
-impl Conn {
-    fn tcp(&self) -> &TcpStream {
-        match self {
-            Conn::Plain(tcp) => tcp,
-            Conn::Tls(tls) => &tls.sock,
-        }
-    }
-
-    fn set_timeouts(&self, left: Duration) -> io::Result<()> {
-        set_timeouts(self.tcp(), left)
-    }
-}
-
-/// Bounds the next blocking read and write by the time left.
-fn set_timeouts(tcp: &TcpStream, left: Duration) -> io::Result<()> {
-    tcp.set_read_timeout(Some(left))?;
-    tcp.set_write_timeout(Some(left))
-}
-
-impl Read for Conn {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Conn::Plain(tcp) => tcp.read(buf),
-            Conn::Tls(tls) => tls.read(buf),
-        }
-    }
-}
-
-impl Write for Conn {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Conn::Plain(tcp) => tcp.write(buf),
-            Conn::Tls(tls) => tls.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Conn::Plain(tcp) => tcp.flush(),
-            Conn::Tls(tls) => tls.flush(),
-        }
-    }
-}
-
-/// Maps an I/O error of a phase to a failure: timeouts, TLS errors, the rest.
+/// Maps an I/O error of a phase to a failure: TLS errors (rustls's, wrapped by monoio-rustls)
+/// or the rest.
 fn io_failure(e: io::Error, phase: &'static str) -> AttemptFailure {
-    if matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    ) {
-        return AttemptFailure::Timeout(phase);
-    }
     if let Some(tls) = e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
@@ -544,80 +593,72 @@ fn io_failure(e: io::Error, phase: &'static str) -> AttemptFailure {
     AttemptFailure::Io(format!("{phase}: {e}"))
 }
 
-fn connect(addrs: &[SocketAddr], deadline: &Deadline) -> Result<TcpStream, AttemptFailure> {
-    const PHASE: &str = "connecting";
-    let mut errors = Vec::new();
-    for addr in addrs {
-        let left = deadline.remaining(PHASE)?;
-        match TcpStream::connect_timeout(addr, left) {
-            Ok(tcp) => return Ok(tcp),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                errors.push(format!("{addr}: timed out"));
-            }
-            Err(e) => errors.push(format!("{addr}: {e}")),
-        }
-    }
-    if deadline.remaining(PHASE).is_err() {
-        return Err(AttemptFailure::Timeout(PHASE));
-    }
-    Err(AttemptFailure::Connect(errors.join("; ")))
-}
-
-fn open(
-    config: &SenderConfig,
+/// TCP to the first address that accepts, then TLS for https; within `timer`.
+async fn open(
+    inner: &Inner,
     d: &Delivery,
     addrs: &[SocketAddr],
-    deadline: &Deadline,
-) -> Result<Conn, AttemptFailure> {
-    let tcp = connect(addrs, deadline)?;
+    timer: &mut Sleep,
+) -> Result<UpstreamStream, AttemptFailure> {
+    let mut errors = Vec::new();
+    let mut tcp = None;
+    for addr in addrs {
+        match within(timer, TcpStream::connect_addr(*addr)).await {
+            None => return Err(AttemptFailure::Timeout(CONNECTING)),
+            Some(Ok(stream)) => {
+                tcp = Some(stream);
+                break;
+            }
+            Some(Err(e)) => errors.push(format!("{addr}: {e}")),
+        }
+    }
+    let Some(tcp) = tcp else {
+        return Err(AttemptFailure::Connect(errors.join("; ")));
+    };
     // Head and body go out in as few writes as possible; no point waiting for ACKs (Nagle).
     let _ = tcp.set_nodelay(true);
     if d.url.scheme() == CallbackScheme::Http {
-        return Ok(Conn::Plain(tcp));
+        return Ok(UpstreamStream::Plain(tcp));
     }
-    const PHASE: &str = "in the TLS handshake";
     let name = match d.url.host() {
         CallbackHost::Name(name) => ServerName::try_from(name.clone())
             .map_err(|e| AttemptFailure::Tls(format!("invalid server name {name}: {e}")))?,
+        // An IP literal: verified against the certificate's IP addresses, no SNI sent.
         CallbackHost::Ip(ip) => ServerName::IpAddress((*ip).into()),
     };
-    let tls = ClientConnection::new(Arc::clone(&config.tls), name)
-        .map_err(|e| AttemptFailure::Tls(e.to_string()))?;
-    let mut stream = Box::new(StreamOwned::new(tls, tcp));
-    while stream.conn.is_handshaking() {
-        set_timeouts(&stream.sock, deadline.remaining(PHASE)?).map_err(|e| io_failure(e, PHASE))?;
-        let StreamOwned { conn, sock } = &mut *stream;
-        conn.complete_io(sock).map_err(|e| io_failure(e, PHASE))?;
+    match within(timer, inner.tls.connect(name, tcp)).await {
+        None => Err(AttemptFailure::Timeout(HANDSHAKE)),
+        Some(Ok(tls)) => Ok(UpstreamStream::Tls(Box::new(tls))),
+        Some(Err(TlsError::Rustls(e))) => Err(AttemptFailure::Tls(e.to_string())),
+        Some(Err(TlsError::Io(e))) => Err(io_failure(e, HANDSHAKE)),
     }
-    Ok(Conn::Tls(stream))
 }
 
-/// Connect, send, read the verdict, drain a little, close.
-fn exchange(
-    config: &SenderConfig,
+/// Connect, send, read the verdict, drain a little, close. Connect + send + response head are
+/// bounded by `deadline` (timer clock).
+async fn exchange(
+    inner: &Inner,
     d: &Delivery,
-    head: &mut Vec<u8>,
+    mut head: Vec<u8>,
     addrs: &[SocketAddr],
-    deadline: &Deadline,
+    deadline: u64,
 ) -> Result<AttemptResult, AttemptFailure> {
-    let mut conn = open(config, d, addrs, deadline)?;
+    let mut timer = inner.timers.sleep_until(deadline);
+    let mut conn = open(inner, d, addrs, &mut timer).await?;
 
-    const SEND: &str = "sending the request";
     if d.body.len() <= INLINE_BODY_BYTES {
         head.extend_from_slice(&d.body);
-        write_all(&mut conn, head, deadline, SEND)?;
+        write_all(&mut conn, head, &mut timer).await?;
     } else {
-        write_all(&mut conn, head, deadline, SEND)?;
-        write_all(&mut conn, &d.body, deadline, SEND)?;
+        write_all(&mut conn, head, &mut timer).await?;
+        write_all(&mut conn, d.body.clone(), &mut timer).await?;
     }
-    conn.flush().map_err(|e| io_failure(e, SEND))?;
+    match within(&mut timer, conn.flush()).await {
+        None => return Err(AttemptFailure::Timeout(SENDING)),
+        Some(Err(e)) => return Err(io_failure(e, SENDING)),
+        Some(Ok(())) => {}
+    }
 
-    const WAIT: &str = "waiting for the response head";
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
     let response = loop {
         let parsed = parse_head(&buf, SystemTime::now()).map_err(AttemptFailure::BadResponse)?;
@@ -632,75 +673,83 @@ fn exchange(
         if buf.len() >= MAX_RESPONSE_HEAD_BYTES {
             return Err(AttemptFailure::BadResponse("response head too large"));
         }
-        if read_some(&mut conn, &mut buf, deadline, WAIT)? == 0 {
-            return Err(AttemptFailure::Io(
-                "the receiver closed the connection before a complete response head".into(),
-            ));
+        match read_more(&mut conn, &mut buf, &mut timer).await {
+            None => return Err(AttemptFailure::Timeout(WAITING)),
+            Some(Err(e)) => return Err(io_failure(e, WAITING)),
+            Some(Ok(0)) => {
+                return Err(AttemptFailure::Io(
+                    "the receiver closed the connection before a complete response head".into(),
+                ))
+            }
+            Some(Ok(_)) => {}
         }
     };
     let result = classify(&response);
 
-    // Discard a bounded part of the body; its errors no longer matter.
+    // Discard a bounded part of the body; its errors no longer matter. The request timer
+    // leaves the wheel now rather than when the attempt ends.
+    drop(timer);
+    let drain_deadline = deadline.min(
+        inner
+            .timers
+            .now()
+            .saturating_add(duration_nanos(BODY_DRAIN_TIMEOUT)),
+    );
+    let mut timer = inner.timers.sleep_until(drain_deadline);
     let mut drain = BodyDrain::new(response.framing);
     let mut seen = buf.len() - response.head_len;
     drain.feed(&buf[response.head_len..]);
-    let drain_deadline = Deadline(deadline.0.min(Instant::now() + BODY_DRAIN_TIMEOUT));
+    // Whether the stream may still be written: not after a dropped read or an error.
+    let mut usable = true;
     while !drain.is_done() && seen < MAX_DRAINED_BODY_BYTES {
         buf.clear();
-        match read_some(&mut conn, &mut buf, &drain_deadline, "draining") {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
+        match read_more(&mut conn, &mut buf, &mut timer).await {
+            Some(Ok(0)) => break,
+            Some(Ok(n)) => {
                 seen += n;
                 drain.feed(&buf);
             }
+            None | Some(Err(_)) => {
+                usable = false;
+                break;
+            }
         }
     }
-    if let Conn::Tls(tls) = &mut conn {
-        tls.conn.send_close_notify();
-        let _ = tls.flush();
+    if usable {
+        if let UpstreamStream::Tls(tls) = &mut conn {
+            // close_notify, so the receiver sees a clean end; bounded like the drain.
+            let _ = within(&mut timer, tls.shutdown()).await;
+        }
     }
     Ok(result)
 }
 
-fn write_all(
-    conn: &mut Conn,
-    mut bytes: &[u8],
-    deadline: &Deadline,
-    phase: &'static str,
+/// Writes all of `buf` within `timer`.
+async fn write_all<B: IoBuf + 'static>(
+    conn: &mut UpstreamStream,
+    buf: B,
+    timer: &mut Sleep,
 ) -> Result<(), AttemptFailure> {
-    while !bytes.is_empty() {
-        conn.set_timeouts(deadline.remaining(phase)?)
-            .map_err(|e| io_failure(e, phase))?;
-        match conn.write(bytes) {
-            Ok(0) => return Err(AttemptFailure::Io(format!("{phase}: connection closed"))),
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io_failure(e, phase)),
-        }
+    match within(timer, conn.write_all(buf)).await {
+        None => Err(AttemptFailure::Timeout(SENDING)),
+        Some((Ok(_), _)) => Ok(()),
+        Some((Err(e), _)) => Err(io_failure(e, SENDING)),
     }
-    Ok(())
 }
 
-/// One read appended to `buf`; 0 at end of stream.
-fn read_some(
-    conn: &mut Conn,
+/// One read appended to `buf` within `timer`: the byte count (0 at end of stream), or `None` on
+/// timeout. After a timeout `buf` is left empty and the connection must not be read again.
+async fn read_more(
+    conn: &mut UpstreamStream,
     buf: &mut Vec<u8>,
-    deadline: &Deadline,
-    phase: &'static str,
-) -> Result<usize, AttemptFailure> {
-    let mut chunk = [0u8; READ_CHUNK_BYTES];
-    loop {
-        conn.set_timeouts(deadline.remaining(phase)?)
-            .map_err(|e| io_failure(e, phase))?;
-        match conn.read(&mut chunk) {
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                return Ok(n);
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io_failure(e, phase)),
-        }
-    }
+    timer: &mut Sleep,
+) -> Option<io::Result<usize>> {
+    buf.reserve(READ_CHUNK_BYTES);
+    let owned = std::mem::take(buf);
+    let (len, cap) = (owned.len(), owned.capacity());
+    let (res, slice) = within(timer, conn.read(owned.slice_mut(len..cap))).await?;
+    *buf = slice.into_inner();
+    Some(res)
 }
 
 #[cfg(test)]
@@ -708,49 +757,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn queue_orders_by_due_then_submission() {
-        let url = super::super::url::CallbackUrl::parse_str("http://h.example/").unwrap();
-        let d = |id: &str| Delivery {
-            job_id: id.into(),
-            url: url.clone(),
-            body: bytes::Bytes::new(),
-            content_type: None,
-            status: super::super::delivery::JobOutcome::Succeeded,
-            upstream_status: None,
-            attempts: 1,
-            delivery_attempts: 0,
-            first_try_at: UNIX_EPOCH,
-            next_attempt_at: None,
-        };
-        let t = Instant::now();
-        let mut heap = BinaryHeap::new();
-        heap.push(Queued {
-            due: t + Duration::from_secs(2),
-            seq: 0,
-            delivery: d("late"),
-        });
-        heap.push(Queued {
-            due: t,
-            seq: 2,
-            delivery: d("now-second"),
-        });
-        heap.push(Queued {
-            due: t,
-            seq: 1,
-            delivery: d("now-first"),
-        });
-        let order: Vec<String> =
-            std::iter::from_fn(|| heap.pop().map(|q| q.delivery.job_id)).collect();
-        assert_eq!(order, ["now-first", "now-second", "late"]);
-    }
-
-    #[test]
     fn due_times() {
-        let before = Instant::now();
-        assert!(due_instant(None) >= before);
-        assert!(due_instant(Some(UNIX_EPOCH)) <= Instant::now());
-        let later = due_instant(Some(SystemTime::now() + Duration::from_secs(60)));
-        assert!(later > before + Duration::from_secs(59));
+        let wall = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        assert_eq!(due_nanos(500, wall, None), 500);
+        assert_eq!(due_nanos(500, wall, Some(UNIX_EPOCH)), 500, "past: now");
+        assert_eq!(
+            due_nanos(500, wall, Some(wall + Duration::from_millis(60))),
+            500 + 60_000_000
+        );
+        assert_eq!(
+            due_nanos(u64::MAX - 1, wall, Some(wall + Duration::from_secs(1))),
+            u64::MAX,
+            "saturates"
+        );
     }
 
     #[test]
@@ -758,32 +777,85 @@ mod tests {
         let tls = Arc::new(crate::upstream::tls::client_config(None).unwrap());
         let mut c = SenderConfig::new(tls);
         assert_eq!(c.validate(), Ok(()));
-        c.threads = 0;
-        assert!(c.validate().unwrap_err().contains("1 thread"));
-        c.threads = 1;
         c.request_timeout = Duration::ZERO;
         assert!(c.validate().unwrap_err().contains("timeout"));
+        c.request_timeout = DEFAULT_REQUEST_TIMEOUT;
+        c.retry.first_delay = Duration::ZERO;
+        assert!(c.validate().unwrap_err().contains("first delay"));
     }
 
     #[test]
-    fn rejected_targets_never_resolve() {
-        let allow = CallbackAllow::parse("*.example.com").unwrap();
-        // A name that would fail to resolve: the denial comes first, so it is Rejected, not a
-        // resolution failure.
-        let host = CallbackHost::Name("nonexistent.invalid".into());
-        assert!(matches!(
-            target_addrs(&allow, &host, 80),
-            Err(AttemptResult::Rejected(_))
-        ));
-        let ip = CallbackHost::Ip("127.0.0.1".parse().unwrap());
-        assert!(matches!(
-            target_addrs(&allow, &ip, 80),
-            Err(AttemptResult::Rejected(_))
-        ));
+    fn screening_resolved_addresses() {
+        let name = CallbackHost::Name("hooks.example".into());
+        let addrs: Vec<SocketAddr> = vec![
+            "127.0.0.1:80".parse().unwrap(),
+            "10.1.2.3:80".parse().unwrap(),
+        ];
         let open = CallbackAllow::default();
         assert_eq!(
-            target_addrs(&open, &ip, 81),
-            Ok(vec!["127.0.0.1:81".parse().unwrap()])
+            screen_addrs(&open, &name, HostCheck::Allowed, addrs.clone()),
+            Ok(addrs.clone())
+        );
+        let nets = CallbackAllow::parse("10.0.0.0/8").unwrap();
+        assert_eq!(
+            screen_addrs(&nets, &name, HostCheck::CheckAddresses, addrs.clone()),
+            Ok(vec![addrs[1]])
+        );
+        let none = CallbackAllow::parse("192.168.0.0/16").unwrap();
+        assert!(matches!(
+            screen_addrs(&none, &name, HostCheck::CheckAddresses, addrs),
+            Err(AttemptResult::Rejected(reason)) if reason.contains("--callback-allow")
+        ));
+        assert!(matches!(
+            screen_addrs(&open, &name, HostCheck::Allowed, Vec::new()),
+            Err(AttemptResult::Failed(AttemptFailure::Resolve(_)))
+        ));
+    }
+
+    /// A runtime without a blocking pool: any lookup would panic ("execute blocking task
+    /// without thread pool attached"), so these checks prove that none is made.
+    #[test]
+    fn rejected_targets_and_ip_literals_never_resolve() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("a monoio runtime");
+        rt.block_on(async {
+            let timers = Timers::new(std::time::Instant::now(), Duration::from_millis(1));
+            let limit = Duration::from_secs(1);
+            let allow = CallbackAllow::parse("*.example.com").unwrap();
+            // A name outside the list: the denial comes first, so it is Rejected, not a lookup.
+            let host = CallbackHost::Name("nonexistent.invalid".into());
+            assert!(matches!(
+                target_addrs(&timers, &allow, &host, 80, limit).await,
+                Err(AttemptResult::Rejected(_))
+            ));
+            let ip = CallbackHost::Ip("127.0.0.1".parse().unwrap());
+            assert!(matches!(
+                target_addrs(&timers, &allow, &ip, 80, limit).await,
+                Err(AttemptResult::Rejected(_))
+            ));
+            let open = CallbackAllow::default();
+            assert_eq!(
+                target_addrs(&timers, &open, &ip, 81, limit).await,
+                Ok(vec!["127.0.0.1:81".parse().unwrap()])
+            );
+        });
+    }
+
+    #[test]
+    fn io_failures_keep_rustls_errors_apart() {
+        let tls = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        assert!(
+            matches!(io_failure(tls, HANDSHAKE), AttemptFailure::Tls(e) if e.contains("certificate"))
+        );
+        let reset = io::Error::new(io::ErrorKind::ConnectionReset, "reset by peer");
+        assert_eq!(
+            io_failure(reset, WAITING),
+            AttemptFailure::Io("waiting for the response head: reset by peer".into())
         );
     }
 }
