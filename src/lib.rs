@@ -17,6 +17,8 @@
 //! - [`routing`]: the allowlist (exact and prefix paths, decoded, no dot-segment tricks).
 //! - [`upstream`]: connections to the origin (TCP or rustls TLS) and the per-core keep-alive
 //!   pool.
+//! - [`store`]: persistence in the data dir (one redb file): deferred jobs, pending deliveries
+//!   and send history, written by one thread with group commit and read back at start-up.
 //! - [`error`]: the forwarding error type (source, retryability, status) and the JSON error
 //!   responses.
 //! - [`log`]: leveled stderr logging.
@@ -30,6 +32,7 @@ pub mod log;
 pub mod proxy;
 pub mod routing;
 pub mod server;
+pub mod store;
 pub mod timer;
 pub mod upstream;
 pub mod webhook;
