@@ -227,6 +227,26 @@ pub struct Cli {
     /// Least severe log level printed on stderr: error, warn, info or debug.
     #[arg(long = "log-level", default_value = "info")]
     pub log_level: String,
+
+    /// Directory of the job store (created if missing, mode 0700): jobs that got a 202,
+    /// undelivered callbacks and the rate-limit send history survive restarts and crashes.
+    #[arg(long = "data-dir", default_value = "./sluice-data")]
+    pub data_dir: PathBuf,
+
+    /// Keep jobs in memory only: a restart loses open jobs and pending callbacks.
+    #[arg(long = "no-persist")]
+    pub no_persist: bool,
+
+    /// `on`: every upstream attempt of a job carries `Idempotency-Key: <job id>` (unless the
+    /// client sent its own), so a retry after a crash is safe for origins that honour it.
+    #[arg(long = "idempotency-key", default_value = "on")]
+    pub idempotency_key: String,
+
+    /// After SIGTERM or SIGINT, how long waiting clients may still get their answer (or their
+    /// 202) before sluice stores what is open and exits (e.g. 30s). A second signal exits at
+    /// once.
+    #[arg(long = "shutdown-grace", default_value = "30s")]
+    pub shutdown_grace: String,
 }
 
 /// A start-up configuration error: which flag, and what is wrong with it. Displays as one line.
@@ -472,6 +492,12 @@ pub struct Config {
     pub max_request_body_bytes: u64,
     pub log_level: LogLevel,
     pub executor: ExecutorConfig,
+    /// The job store's directory; `None` with `--no-persist`.
+    pub data_dir: Option<PathBuf>,
+    /// Whether attempts carry `Idempotency-Key: <job id>`.
+    pub idempotency_key: bool,
+    /// How long a graceful shutdown waits for waiting clients.
+    pub shutdown_grace: Duration,
 }
 
 /// Settings of the job executor (rate limits, retries, job lifetime).
@@ -614,6 +640,24 @@ impl TryFrom<Cli> for Config {
             client_body: millis("--client-body-timeout-ms", cli.client_body_timeout_ms)?,
         };
         let executor = executor_config(&cli)?;
+        let idempotency_key = match cli.idempotency_key.as_str() {
+            "on" => true,
+            "off" => false,
+            other => {
+                return Err(ConfigError::new(
+                    "--idempotency-key",
+                    format!("must be on or off (got {other:?})"),
+                ))
+            }
+        };
+        let shutdown_grace = parse_duration(&cli.shutdown_grace)
+            .map_err(|e| ConfigError::new("--shutdown-grace", e))?;
+        if cli.data_dir.as_os_str().is_empty() && !cli.no_persist {
+            return Err(ConfigError::new(
+                "--data-dir",
+                "must not be empty (or give --no-persist)",
+            ));
+        }
         Ok(Config {
             token: Secret(cli.token),
             allowlist,
@@ -629,6 +673,9 @@ impl TryFrom<Cli> for Config {
             max_request_body_bytes: cli.max_request_body_bytes,
             log_level,
             executor,
+            data_dir: (!cli.no_persist).then_some(cli.data_dir),
+            idempotency_key,
+            shutdown_grace,
         })
     }
 }

@@ -206,6 +206,18 @@ impl Registry {
             .unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Registers a job under the id it was created with (a job's id exists from its first
+    /// attempt: it is the `Idempotency-Key`). Replaces an entry with the same id, which only a
+    /// restore can produce.
+    pub fn insert_with_id(&self, id: JobId, state: JobState) -> Arc<JobRecord> {
+        let record = Arc::new(JobRecord {
+            id,
+            state: Mutex::new(state),
+        });
+        self.shard(&id).insert(id, record.clone());
+        record
+    }
+
     /// Registers a job that is being deferred, with a fresh id.
     pub fn insert(&self, state: JobState) -> Arc<JobRecord> {
         loop {

@@ -27,7 +27,7 @@ use crate::http::find_header;
 use crate::http::request::{Method, RequestHead};
 use crate::jobs::backoff::parse_retry_after;
 use crate::jobs::crosscore::{RemoteAnswer, RemoteWait};
-use crate::jobs::registry::{CallbackState, JobRecord, JobState, JobStatus, StoredResponse};
+use crate::jobs::registry::{CallbackState, JobId, JobRecord, JobState, JobStatus, StoredResponse};
 use crate::proxy::forward::{
     collect_response, send_attempt, stored_error, stream_response, write_stored, Answer,
 };
@@ -93,6 +93,8 @@ pub fn dedup_key(
 
 /// What a job needs from the request that created it.
 pub struct JobRequest {
+    /// The job's id, chosen before its first attempt (it is the `Idempotency-Key`).
+    pub id: JobId,
     /// This job's place under `--max-inflight`, released when the job ends.
     pub open: Option<crate::server::worker::OpenJob>,
     /// Limiter this job's attempts take slots from.
@@ -119,6 +121,8 @@ enum Driven {
 /// Per-core state of one open job, shared (same thread, no locks) by its driver, its creating
 /// client and any identical requests attached to it (dedup).
 pub struct JobCell {
+    /// The job's id (see [`JobRequest::id`]).
+    id: Cell<JobId>,
     /// Whether the creating client still waits for the answer (no 202 yet).
     client_waiting: Cell<bool>,
     /// Set by the driver when the answer cannot arrive before the creator's deadline.
@@ -154,6 +158,7 @@ pub struct JobCell {
 impl JobCell {
     pub fn new(created: u64, deadline: u64) -> JobCell {
         JobCell {
+            id: Cell::new(JobId([0; 16])),
             client_waiting: Cell::new(true),
             defer_now: Cell::new(false),
             record: RefCell::new(None),
@@ -212,16 +217,19 @@ impl JobCell {
         if let Some(record) = self.record.borrow().as_ref() {
             return record.clone();
         }
-        let record = worker.registry.insert(JobState {
-            status: self.status.get(),
-            attempts: self.attempts.get(),
-            last_upstream_status: self.last_status.get(),
-            next_attempt_at: self.next_attempt.get().map(|t| worker.system_time_at(t)),
-            created_at: worker.system_time_at(self.created.get()),
-            finished_at: None,
-            result: None,
-            callback: CallbackState::None,
-        });
+        let record = worker.registry.insert_with_id(
+            self.id.get(),
+            JobState {
+                status: self.status.get(),
+                attempts: self.attempts.get(),
+                last_upstream_status: self.last_status.get(),
+                next_attempt_at: self.next_attempt.get().map(|t| worker.system_time_at(t)),
+                created_at: worker.system_time_at(self.created.get()),
+                finished_at: None,
+                result: None,
+                callback: CallbackState::None,
+            },
+        );
         *self.record.borrow_mut() = Some(record.clone());
         record
     }
@@ -296,6 +304,7 @@ pub async fn serve_job(
         key,
     };
     let cell = &guard.cell;
+    cell.id.set(request.id);
     if let Some(key) = key {
         worker.dedup.borrow_mut().insert(key, cell.clone());
         cell.published.set(request.published.take());

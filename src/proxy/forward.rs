@@ -54,6 +54,7 @@ pub async fn prepare(
     head: &RequestHead,
     bytes: &Bytes,
     query: Option<&[u8]>,
+    extra_headers: &[(&[u8], &[u8])],
     out: &mut Vec<u8>,
 ) -> Result<usize, PrepareError> {
     let config = &worker.config;
@@ -72,7 +73,7 @@ pub async fn prepare(
         client_ip: &conn.peer_ip,
         proto: b"http",
         framing: head.framing,
-        extra_headers: &[],
+        extra_headers,
     };
     out.clear();
     write_upstream_request_with_query(out, head, bytes, &edits, query);

@@ -217,8 +217,20 @@ async fn handle(
             }
         }
     }
+    // The job's id exists from the first attempt: it is the `Idempotency-Key` every attempt
+    // carries (unless the client brought its own key), and the id a 202 would give.
+    let id = worker.ids.borrow_mut().next_id();
+    let id_hex = id.to_hex();
+    let idempotency: &[(&[u8], &[u8])] = if config.idempotency_key
+        && crate::http::find_header(&head.headers, bytes, b"idempotency-key").is_none()
+    {
+        &[(b"Idempotency-Key", &id_hex)]
+    } else {
+        &[]
+    };
     let mut request = worker.take_request_buf();
-    let prepared = forward::prepare(worker, conn, head, bytes, query, &mut request).await;
+    let prepared =
+        forward::prepare(worker, conn, head, bytes, query, idempotency, &mut request).await;
     let body_start = match prepared {
         Ok(at) => at,
         Err(forward::PrepareError::Gone) => {
@@ -287,6 +299,7 @@ async fn handle(
         }
     }
     let job = crate::jobs::run::JobRequest {
+        id,
         open: Some(open_job),
         limiter: worker.limiters.for_endpoint(endpoint).0,
         method: head.method,

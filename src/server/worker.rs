@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::http::HeadLimits;
 use crate::jobs::backoff::Rng;
 use crate::jobs::crosscore::OpenKeys;
-use crate::jobs::registry::{JobRecord, JobStatus, Registry, StoredResponse};
+use crate::jobs::registry::{JobId, JobRecord, JobStatus, Registry, StoredResponse};
 use crate::jobs::run::{DedupKey, JobCell};
 use crate::jobs::slots::SlotQueues;
 use crate::limit::Registry as Limiters;
@@ -84,6 +84,8 @@ pub struct Worker {
     pub dedup: RefCell<HashMap<DedupKey, Rc<JobCell>>>,
     /// Job cells kept for reuse, so the direct path allocates none per request.
     job_cells: RefCell<Vec<Rc<JobCell>>>,
+    /// Ids for new jobs.
+    pub ids: RefCell<IdPool>,
     epoch_wall: SystemTime,
     bufs: RefCell<Vec<BytesMut>>,
     request_bufs: RefCell<Vec<Vec<u8>>>,
@@ -125,6 +127,7 @@ impl Worker {
             rng: RefCell::new(Rng::new(seed)),
             dedup: RefCell::new(HashMap::new()),
             job_cells: RefCell::new(Vec::new()),
+            ids: RefCell::new(IdPool::new()),
             epoch_wall: shared.epoch_wall,
             bufs: RefCell::new(Vec::new()),
             request_bufs: RefCell::new(Vec::new()),
@@ -244,6 +247,51 @@ impl Worker {
                 closed.0.job_id
             ));
         }
+    }
+}
+
+/// Job ids for this core: 16 bytes each, cut from a block of OS randomness refilled once per
+/// [`ID_BLOCK`] ids, so a new job costs no syscall. Ids must be unguessable: an id is all it
+/// takes to read a job's result.
+pub struct IdPool {
+    block: [u8; ID_BLOCK * 16],
+    next: usize,
+}
+
+/// Ids per refill of an [`IdPool`].
+pub const ID_BLOCK: usize = 256;
+
+impl IdPool {
+    pub fn new() -> IdPool {
+        IdPool {
+            block: [0; ID_BLOCK * 16],
+            next: ID_BLOCK,
+        }
+    }
+
+    pub fn next_id(&mut self) -> JobId {
+        if self.next >= ID_BLOCK {
+            use ring::rand::SecureRandom;
+            if ring::rand::SystemRandom::new()
+                .fill(&mut self.block)
+                .is_err()
+            {
+                // Never on Linux after boot; the registry's own generator has a fallback.
+                return JobId::random();
+            }
+            self.next = 0;
+        }
+        let at = self.next * 16;
+        self.next += 1;
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&self.block[at..at + 16]);
+        JobId(id)
+    }
+}
+
+impl Default for IdPool {
+    fn default() -> Self {
+        IdPool::new()
     }
 }
 

@@ -94,6 +94,20 @@ pub struct Sluice {
     child: Child,
     startup: StartupLine,
     stderr: Arc<Mutex<String>>,
+    /// The data dir this harness made up (removed on drop); tests that restart sluice pass
+    /// their own `--data-dir`.
+    own_data_dir: Option<std::path::PathBuf>,
+}
+
+/// A fresh, unique directory path under the system temp dir (not created).
+pub fn temp_data_dir(tag: &str) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    std::env::temp_dir().join(format!(
+        "sluice-test-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
 }
 
 impl Sluice {
@@ -113,6 +127,15 @@ impl Sluice {
         }
         if !has_flag(args, &["--workers"]) {
             all.extend(["--workers", "2"]);
+        }
+        // Every test gets a data dir of its own (parallel tests must not share a store).
+        let mut own_data_dir = None;
+        let data_dir_text;
+        if !has_flag(args, &["--data-dir", "--no-persist"]) {
+            let dir = temp_data_dir("run");
+            data_dir_text = dir.to_string_lossy().into_owned();
+            own_data_dir = Some(dir);
+            all.extend(["--data-dir", data_dir_text.as_str()]);
         }
         let workers: usize = flag_value(&all, &["--workers"])
             .and_then(|w| w.parse().ok())
@@ -183,6 +206,7 @@ impl Sluice {
             }
         };
         let sluice = Sluice {
+            own_data_dir,
             child,
             startup,
             stderr,
@@ -252,6 +276,9 @@ impl Drop for Sluice {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = &self.own_data_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         if thread::panicking() {
             eprintln!(
                 "--- sluice ({}) stderr ---\n{}--- end of sluice stderr ---",
