@@ -100,7 +100,8 @@ pub struct JobRequest {
     /// Limiter this job's attempts take slots from.
     pub limiter: usize,
     pub method: Method,
-    /// The complete upstream request (edited head and body), sent by every attempt.
+    /// The complete upstream request (edited head and body), sent by every attempt. Moves
+    /// into the job's cell when the job starts.
     pub bytes: Vec<u8>,
     /// The raw, validated callback URL, if the client gave one.
     pub callback: Option<crate::webhook::CallbackUrl>,
@@ -153,6 +154,12 @@ pub struct JobCell {
     published: Cell<Option<usize>>,
     /// Duplicates on other cores attached to this job.
     remote: RefCell<Vec<Arc<RemoteWait>>>,
+    /// The upstream request every attempt sends; readable at any time (an attempt writes a
+    /// copy), so that whoever defers the job can store it.
+    request: RefCell<Vec<u8>>,
+    method: Cell<Method>,
+    /// The limiter the job's attempts take slots from.
+    limiter: Cell<usize>,
 }
 
 impl JobCell {
@@ -176,6 +183,9 @@ impl JobCell {
             finished: Cell::new(false),
             published: Cell::new(None),
             remote: RefCell::new(Vec::new()),
+            request: RefCell::new(Vec::new()),
+            method: Cell::new(Method::Get),
+            limiter: Cell::new(0),
         }
     }
 
@@ -198,6 +208,7 @@ impl JobCell {
         self.finished.set(false);
         self.published.set(None);
         self.remote.borrow_mut().clear();
+        self.request.borrow_mut().clear();
     }
 
     /// Copies the job's progress into its registry entry, if it has one.
@@ -305,13 +316,17 @@ pub async fn serve_job(
     };
     let cell = &guard.cell;
     cell.id.set(request.id);
+    cell.method.set(request.method);
+    cell.limiter.set(request.limiter);
+    std::mem::swap(&mut *cell.request.borrow_mut(), &mut request.bytes);
+    worker.give_request_buf(std::mem::take(&mut request.bytes));
     if let Some(key) = key {
         worker.dedup.borrow_mut().insert(key, cell.clone());
         cell.published.set(request.published.take());
     }
     let callback = request.callback.take();
     let outcome = {
-        let mut driver = pin!(drive(worker, cell, &mut request, key));
+        let mut driver = pin!(drive(worker, cell, key));
         let mut timer = pin!(worker.timers.sleep_until(deadline));
         let first = Race {
             driver: driver.as_mut(),
@@ -362,7 +377,7 @@ pub async fn serve_job(
             }
         }
     };
-    worker.give_request_buf(std::mem::take(&mut request.bytes));
+    worker.give_request_buf(std::mem::take(&mut *cell.request.borrow_mut()));
     let stored = match outcome {
         Driven::Direct(answer) => {
             // Streamed to its only client: nobody else waits (see `must_store`).
@@ -554,12 +569,7 @@ fn finish(worker: &Worker, cell: &JobCell, record: &Arc<JobRecord>, stored: &Sto
 }
 
 /// Drives the job's attempts until a terminal state.
-async fn drive(
-    worker: &Rc<Worker>,
-    ctl: &Rc<JobCell>,
-    request: &mut JobRequest,
-    key: Option<DedupKey>,
-) -> Driven {
+async fn drive(worker: &Rc<Worker>, ctl: &Rc<JobCell>, key: Option<DedupKey>) -> Driven {
     let policy = &worker.config.executor.retry;
     let timers = &worker.timers;
     loop {
@@ -567,7 +577,7 @@ async fn drive(
         if ctl.client_waiting.get() {
             let free_at = worker
                 .limiters
-                .limiter(request.limiter)
+                .limiter(ctl.limiter.get())
                 .next_free(timers.now());
             if free_at > ctl.deadline.get() {
                 ctl.defer_now.set(true);
@@ -576,14 +586,19 @@ async fn drive(
         ctl.waiting_for_slot.set(true);
         worker
             .slots
-            .acquire(&worker.limiters, request.limiter, timers)
+            .acquire(&worker.limiters, ctl.limiter.get(), timers)
             .await;
         ctl.waiting_for_slot.set(false);
         let attempt = ctl.attempts.get().saturating_add(1);
         ctl.attempts.set(attempt);
         ctl.next_attempt.set(None);
         ctl.publish(worker);
-        let result = send_attempt(worker, &mut request.bytes, request.method).await;
+        let result = {
+            // `send_attempt` copies the bytes before its first await: no borrow is held across.
+            let request = ctl.request.borrow();
+            send_attempt(worker, &request, ctl.method.get())
+        }
+        .await;
         let (retriable, retry_after) = match &result {
             Ok(answer) => {
                 ctl.last_status.set(Some(answer.head.status));
@@ -615,7 +630,7 @@ async fn drive(
         forget_key(worker, key, ctl);
         return match result {
             Ok(answer) if !ctl.must_store() => Driven::Direct(answer),
-            Ok(answer) => match collect_response(worker, answer, request.method).await {
+            Ok(answer) => match collect_response(worker, answer, ctl.method.get()).await {
                 Ok(stored) => Driven::Stored(stored),
                 Err(e) => Driven::Stored(stored_error(&e)),
             },

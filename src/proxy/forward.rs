@@ -135,7 +135,24 @@ pub struct Answer {
 }
 
 /// Sends `request` (complete upstream request bytes) and reads the response head.
-pub async fn send_attempt(
+pub fn send_attempt<'a>(
+    worker: &'a Worker,
+    request: &[u8],
+    method: Method,
+) -> impl std::future::Future<Output = Result<Answer, ProxyError>> + 'a {
+    // The kernel owns the buffer while a write is in flight, and the job's own bytes must stay
+    // readable meanwhile (a deferral stores them): attempts write a pooled copy, made here,
+    // before the future exists, so the caller's borrow ends at once.
+    let mut out = worker.take_request_buf();
+    out.extend_from_slice(request);
+    async move {
+        let result = send_copy(worker, &mut out, method).await;
+        worker.give_request_buf(out);
+        result
+    }
+}
+
+async fn send_copy(
     worker: &Worker,
     request: &mut Vec<u8>,
     method: Method,
