@@ -5,6 +5,8 @@
 //!   the ingress deadline, or with `202 Accepted` and carries on.
 //! - [`crosscore`]: dedup across workers: the lock-free table of open keys and the mailboxes
 //!   through which a duplicate on one core waits for the job another core runs.
+//! - [`persist`]: what of a job goes to the store, and how a stored request is made sendable
+//!   again after a restart (pure functions; the writes happen in `run`).
 //! - [`slots`]: this core's FIFO queues of requests waiting for a rate-limit slot.
 //! - [`backoff`]: the retry policy (which failures, exponential backoff with full jitter,
 //!   `Retry-After`, attempt and TTL caps).
@@ -17,6 +19,7 @@
 pub mod api;
 pub mod backoff;
 pub mod crosscore;
+pub mod persist;
 pub mod registry;
 pub mod run;
 pub mod slots;

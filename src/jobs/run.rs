@@ -27,6 +27,7 @@ use crate::http::find_header;
 use crate::http::request::{Method, RequestHead};
 use crate::jobs::backoff::parse_retry_after;
 use crate::jobs::crosscore::{RemoteAnswer, RemoteWait};
+use crate::jobs::persist;
 use crate::jobs::registry::{CallbackState, JobId, JobRecord, JobState, JobStatus, StoredResponse};
 use crate::proxy::forward::{
     collect_response, send_attempt, stored_error, stream_response, write_stored, Answer,
@@ -160,6 +161,8 @@ pub struct JobCell {
     method: Cell<Method>,
     /// The limiter the job's attempts take slots from.
     limiter: Cell<usize>,
+    /// True once the job's row is in the store: its progress and end are recorded there.
+    persisted: Cell<bool>,
 }
 
 impl JobCell {
@@ -186,6 +189,7 @@ impl JobCell {
             request: RefCell::new(Vec::new()),
             method: Cell::new(Method::Get),
             limiter: Cell::new(0),
+            persisted: Cell::new(false),
         }
     }
 
@@ -209,6 +213,106 @@ impl JobCell {
         self.published.set(None);
         self.remote.borrow_mut().clear();
         self.request.borrow_mut().clear();
+        self.persisted.set(false);
+    }
+
+    /// The job as a store row: its request without the token, every callback it may owe
+    /// (remote duplicates' included: one that gets its answer directly may still be called
+    /// back after a crash, which at-least-once allows).
+    fn row(&self, worker: &Worker) -> Option<crate::store::JobRow> {
+        let id = self.id.get();
+        let mut request = Vec::new();
+        let redacted = persist::redact(&self.request.borrow(), &id.to_hex(), &mut request);
+        if let Err(why) = redacted {
+            crate::log::error(format_args!("job {} not stored: {why}", id.as_string()));
+            return None;
+        }
+        let method = request
+            .split(|&b| b == b' ')
+            .next()
+            .map(|m| String::from_utf8_lossy(m).into_owned())
+            .unwrap_or_default();
+        let mut callbacks: Vec<String> = self
+            .callbacks
+            .borrow()
+            .iter()
+            .map(|c| c.as_str().to_string())
+            .collect();
+        for wait in self.remote.borrow().iter() {
+            if let Some(url) = &wait.callback {
+                if !callbacks.iter().any(|c| c == url.as_str()) {
+                    callbacks.push(url.as_str().to_string());
+                }
+            }
+        }
+        let callback_state = if callbacks.is_empty() {
+            crate::store::CallbackState::None
+        } else {
+            crate::store::CallbackState::Pending
+        };
+        Some(crate::store::JobRow {
+            id: id.0,
+            created_at_ms: persist::unix_ms(worker.system_time_at(self.created.get())),
+            method,
+            endpoint: worker.limiters.name(self.limiter.get()).to_string(),
+            request,
+            callbacks,
+            attempts: self.attempts.get(),
+            next_attempt_at_ms: self
+                .next_attempt
+                .get()
+                .map(|t| persist::unix_ms(worker.system_time_at(t))),
+            status: persist::status_to_row(self.status.get()),
+            last_upstream_status: self.last_status.get(),
+            finished_at_ms: None,
+            result: None,
+            callback_state,
+        })
+    }
+
+    /// Writes the whole job to the store (a deferral or a new callback); the returned commit
+    /// is awaited before a 202 promises anything. `None` without a store.
+    fn persist(&self, worker: &Worker) -> Option<crate::store::Durable> {
+        let store = worker.store.as_ref()?;
+        let row = self.row(worker)?;
+        self.persisted.set(true);
+        Some(store.submit_durable(crate::store::Op::PutJob(Box::new(row))))
+    }
+
+    /// Records an attempt's outcome in the store (batched, not awaited), once the job is there.
+    fn record_progress(&self, worker: &Worker) {
+        let Some(store) = worker.store.as_ref().filter(|_| self.persisted.get()) else {
+            return;
+        };
+        let status = self.status.get();
+        if status.is_terminal() {
+            return;
+        }
+        let _ = store.submit(crate::store::Op::JobProgress {
+            id: self.id.get().0,
+            attempts: self.attempts.get(),
+            next_attempt_at_ms: self
+                .next_attempt
+                .get()
+                .map(|t| persist::unix_ms(worker.system_time_at(t))),
+            status: persist::status_to_row(status),
+            last_upstream_status: self.last_status.get(),
+        });
+    }
+
+    /// Records the job's end in the store, once the job is there.
+    fn record_end(&self, worker: &Worker, status: JobStatus, stored: &StoredResponse) {
+        let Some(store) = worker.store.as_ref().filter(|_| self.persisted.get()) else {
+            return;
+        };
+        let _ = store.submit(crate::store::Op::JobFinished {
+            id: self.id.get().0,
+            status: persist::status_to_row(status),
+            attempts: self.attempts.get(),
+            last_upstream_status: self.last_status.get(),
+            finished_at_ms: persist::unix_ms(SystemTime::now()),
+            result: Some(persist::result_to_row(stored)),
+        });
     }
 
     /// Copies the job's progress into its registry entry, if it has one.
@@ -352,6 +456,8 @@ pub async fn serve_job(
                 if callback.is_some() {
                     cell.ensure_record(worker);
                     cell.add_callback(callback);
+                    // Nobody waits for a 202 here, but the callback is owed: store the job.
+                    drop(cell.persist(worker));
                 }
                 driver.await
             }
@@ -362,13 +468,15 @@ pub async fn serve_job(
                 let record = cell.ensure_record(worker);
                 cell.add_callback(callback);
                 crate::log::debug(format_args!("job {} deferred", record.id.as_string()));
+                let durable = cell.persist(worker);
                 if let Some(mut conn) = slot.take() {
-                    // The 202 is written by the connection's new task: a client that does not
-                    // read must not stall this job (or the rate-limit queue it heads).
+                    // The 202 is written by the connection's new task (once the job is
+                    // stored): a client that does not read must not stall this job (or the
+                    // rate-limit queue it heads).
                     let (w, record, keep_alive) = (worker.clone(), record.clone(), head.keep_alive);
                     crate::server::spawn_guarded(async move {
-                        if answer_accepted(&mut conn, &record, keep_alive).await == Next::KeepAlive
-                        {
+                        let next = answer_accepted_durably(&mut conn, &record, keep_alive, durable);
+                        if next.await == Next::KeepAlive {
                             crate::proxy::continue_serving(w, conn).await;
                         }
                     });
@@ -427,6 +535,8 @@ impl Drop for JobGuard<'_> {
         let stored =
             StoredResponse::sluice_error(500, "internal_error", "the job ended without an answer");
         self.cell.complete(&stored);
+        self.cell
+            .record_end(self.worker, JobStatus::Failed, &stored);
         let record = self.cell.record.borrow().clone();
         if let Some(record) = record {
             let mut s = record.lock();
@@ -474,7 +584,8 @@ pub async fn attach(
     }
     let record = cell.ensure_record(worker);
     cell.add_callback(callback);
-    answer_accepted(conn, &record, head.keep_alive).await
+    let durable = cell.persist(worker);
+    answer_accepted_durably(conn, &record, head.keep_alive, durable).await
 }
 
 /// A duplicate of a job that another core (`owner`) runs: post it to that core, then wait for
@@ -526,13 +637,141 @@ pub async fn serve_remote_duplicates(worker: Rc<Worker>) {
                 Some(cell) if !cell.finished.get() && cell.result.borrow().is_none() => {
                     let record = cell.ensure_record(&worker);
                     cell.remote.borrow_mut().push(wait.clone());
-                    if let Some(url) = wait.attached(record) {
-                        cell.add_callback(Some(url));
+                    // The duplicate may answer 202 as soon as it is attached: store the job
+                    // (with its callback) first.
+                    match cell.persist(&worker) {
+                        None => {
+                            if let Some(url) = wait.attached(record) {
+                                cell.add_callback(Some(url));
+                            }
+                        }
+                        Some(durable) => {
+                            let cell = cell.clone();
+                            crate::server::spawn_guarded(async move {
+                                if let Err(e) = durable.await {
+                                    crate::log::error(format_args!(
+                                        "job {} not stored: {e}",
+                                        record.id.as_string()
+                                    ));
+                                }
+                                if let Some(url) = wait.attached(record) {
+                                    cell.add_callback(Some(url));
+                                }
+                            });
+                        }
                     }
                 }
                 _ => wait.gone(),
             }
         }
+    }
+}
+
+/// Resumes a job stored by a previous run. Its clients got their 202 long ago, so it runs
+/// detached to its end and notifies its callbacks. A job that cannot be resumed (its request
+/// is unreadable, its endpoint is no longer configured) fails, and its callbacks say so.
+pub fn resume(worker: &Rc<Worker>, row: crate::store::JobRow) {
+    let id = JobId(row.id);
+    let Some(record) = worker.registry.get(&id) else {
+        return;
+    };
+    let now = worker.timers.now();
+    let wall = SystemTime::now();
+    let age = wall
+        .duration_since(persist::from_unix_ms(row.created_at_ms))
+        .unwrap_or_default();
+    let created = now.saturating_sub(duration_nanos(age));
+    let cell = worker.take_job_cell(created, created);
+    cell.id.set(id);
+    cell.client_waiting.set(false);
+    *cell.record.borrow_mut() = Some(record.clone());
+    cell.attempts.set(row.attempts);
+    cell.last_status.set(row.last_upstream_status);
+    cell.status.set(persist::status_from_row(row.status));
+    cell.persisted.set(true);
+    for url in &row.callbacks {
+        match crate::webhook::CallbackUrl::parse_str(url) {
+            Ok(url) => cell.add_callback(Some(url)),
+            Err(why) => crate::log::error(format_args!(
+                "job {}: stored callback {url:?} dropped: {why}",
+                id.as_string()
+            )),
+        }
+    }
+    let start_at = row.next_attempt_at_ms.map(|ms| {
+        let wait = persist::from_unix_ms(ms)
+            .duration_since(wall)
+            .unwrap_or_default();
+        now.saturating_add(duration_nanos(wait))
+    });
+    let key = id.to_hex();
+    let problem = {
+        let mut request = cell.request.borrow_mut();
+        let idempotency = worker.config.idempotency_key.then_some(&key[..]);
+        let token = worker.config.token.expose().as_bytes();
+        match persist::restore(&row.request, token, idempotency, &mut request) {
+            Err(why) => Some(why),
+            Ok(()) => {
+                let method = request.split(|&b| b == b' ').next().unwrap_or(b"");
+                cell.method.set(Method::from_bytes(method));
+                match worker.limiters.index_of(&row.endpoint) {
+                    Some(i) => {
+                        cell.limiter.set(i);
+                        None
+                    }
+                    None => Some("its endpoint is no longer configured"),
+                }
+            }
+        }
+    };
+    let open = worker.open_job_forced();
+    crate::server::spawn_guarded(run_resumed(worker.clone(), cell, start_at, open, problem));
+}
+
+/// The task of a resumed job (see [`resume`]).
+async fn run_resumed(
+    worker: Rc<Worker>,
+    cell: Rc<JobCell>,
+    start_at: Option<u64>,
+    open: crate::server::worker::OpenJob,
+    problem: Option<&'static str>,
+) {
+    let guard = JobGuard {
+        worker: &worker,
+        cell,
+        key: None,
+    };
+    let cell = &guard.cell;
+    let stored = match problem {
+        Some(why) => {
+            crate::log::error(format_args!(
+                "stored job {} cannot be resumed: {why}",
+                cell.id.get().as_string()
+            ));
+            StoredResponse::sluice_error(502, "not_resumable", why)
+        }
+        None => {
+            if let Some(at) = start_at {
+                worker.timers.sleep_until(at).await;
+            }
+            match drive(&worker, cell, None).await {
+                Driven::Stored(stored) => stored,
+                // Not reached (nobody waits, so the answer is always stored), but harmless.
+                Driven::Direct(answer) => {
+                    match collect_response(&worker, answer, cell.method.get()).await {
+                        Ok(stored) => stored,
+                        Err(e) => stored_error(&e),
+                    }
+                }
+            }
+        }
+    };
+    worker.give_request_buf(std::mem::take(&mut *cell.request.borrow_mut()));
+    drop(open);
+    cell.complete(&stored);
+    let record = cell.record.borrow().clone();
+    if let Some(record) = record {
+        finish(&worker, cell, &record, &stored);
     }
 }
 
@@ -563,8 +802,10 @@ fn finish(worker: &Worker, cell: &JobCell, record: &Arc<JobRecord>, stored: &Sto
         status.as_str(),
         cell.attempts.get()
     ));
+    cell.record_end(worker, status, stored);
+    let persisted = cell.persisted.get();
     for url in cell.callbacks.borrow_mut().drain(..) {
-        worker.submit_callback(record, url, stored, status, cell.attempts.get());
+        worker.submit_callback(record, url, stored, status, cell.attempts.get(), persisted);
     }
 }
 
@@ -593,6 +834,7 @@ async fn drive(worker: &Rc<Worker>, ctl: &Rc<JobCell>, key: Option<DedupKey>) ->
         ctl.attempts.set(attempt);
         ctl.next_attempt.set(None);
         ctl.publish(worker);
+        ctl.record_progress(worker);
         let result = {
             // `send_attempt` copies the bytes before its first await: no borrow is held across.
             let request = ctl.request.borrow();
@@ -619,6 +861,7 @@ async fn drive(worker: &Rc<Worker>, ctl: &Rc<JobCell>, key: Option<DedupKey>) ->
                 ctl.status.set(JobStatus::Retrying);
                 ctl.next_attempt.set(Some(next));
                 ctl.publish(worker);
+                ctl.record_progress(worker);
                 if ctl.client_waiting.get() && next > ctl.deadline.get() {
                     ctl.defer_now.set(true);
                 }
@@ -650,6 +893,33 @@ fn is_retriable(e: &ProxyError, policy: &crate::jobs::backoff::RetryPolicy) -> b
         }
         _ => false,
     }
+}
+
+/// Waits until the job is stored (when there is a store), then writes the 202. A job the store
+/// refused is not promised: the client gets a 503 (the job still runs, in memory).
+async fn answer_accepted_durably(
+    conn: &mut ClientConn,
+    record: &JobRecord,
+    keep_alive: bool,
+    durable: Option<crate::store::Durable>,
+) -> Next {
+    if let Some(durable) = durable {
+        if let Err(e) = durable.await {
+            crate::log::error(format_args!(
+                "job {} not stored, no 202 given: {e}",
+                record.id.as_string()
+            ));
+            return crate::proxy::reply_error(
+                conn,
+                503,
+                "store_unavailable",
+                "the job could not be stored, so it is not promised; retry later",
+                keep_alive,
+            )
+            .await;
+        }
+    }
+    answer_accepted(conn, record, keep_alive).await
 }
 
 /// Writes `202 Accepted` with the job's `Location` and status document.

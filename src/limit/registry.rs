@@ -113,6 +113,11 @@ impl Registry {
         &self.limiters[i].0
     }
 
+    /// The index of the limiter called `name` (how a stored job finds its limiter again).
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.limiters.iter().position(|(n, _)| n == name)
+    }
+
     /// Number of limiters.
     pub fn len(&self) -> usize {
         self.limiters.len()

@@ -89,6 +89,9 @@ pub struct Server {
     pub driver: Driver,
     pub workers: usize,
     threads: Vec<JoinHandle<()>>,
+    /// The job store, closed (flushed, marked clean) at shutdown.
+    pub store: Option<crate::store::Store>,
+    pub shared: Arc<Shared>,
 }
 
 impl Server {
@@ -98,7 +101,18 @@ impl Server {
         if config.port != 0 {
             refuse_port_in_use(requested)?;
         }
-        let shared = Arc::new(shared_state(config.clone(), upstream)?);
+        // The store first: a corrupt one stops start-up before anything listens.
+        let (store, recovered, previous_run) = match &config.data_dir {
+            Some(dir) => {
+                let existed = dir.join(crate::store::DB_FILE).exists();
+                let (store, recovered) = crate::store::Store::open(dir)?;
+                (Some(store), recovered, existed)
+            }
+            None => (None, crate::store::Recovered::default(), false),
+        };
+        let handle = store.as_ref().map(|s| s.handle());
+        let shared = Arc::new(shared_state(config.clone(), upstream, handle)?);
+        recover(&shared, recovered, previous_run);
         let cpus = allowed_cpus();
         let (tx, rx) = mpsc::channel::<Result<(SocketAddr, Driver), String>>();
         let mut threads = Vec::with_capacity(config.workers);
@@ -131,6 +145,8 @@ impl Server {
             driver,
             workers: config.workers,
             threads,
+            store,
+            shared,
         })
     }
 
@@ -214,6 +230,21 @@ fn run_worker(
         if shared.config.workers > 1 {
             monoio::spawn(crate::jobs::run::serve_remote_duplicates(worker.clone()));
         }
+        if let (0, Some(store)) = (id, shared.store.clone()) {
+            monoio::spawn(snapshot_sends(worker.clone(), store));
+        }
+        // This worker's share of the previous run: jobs to resume, callbacks to deliver.
+        let recovery = shared
+            .recovered
+            .get(id)
+            .map(|r| std::mem::take(&mut *r.lock().unwrap_or_else(|p| p.into_inner())))
+            .unwrap_or_default();
+        for row in recovery.jobs {
+            crate::jobs::run::resume(&worker, row);
+        }
+        for delivery in recovery.deliveries {
+            let _ = worker.webhooks.submit(delivery);
+        }
         if id == 0 {
             monoio::spawn(sweep_jobs(worker.clone()));
         }
@@ -292,7 +323,11 @@ impl<F: Future> Future for CatchUnwind<F> {
 
 /// Builds the state all workers share: rate limiters, the deferred-job registry and the
 /// webhook sender's configuration and report hook (each worker runs its own sender).
-fn shared_state(config: Arc<Config>, upstream: Arc<Upstream>) -> Result<Shared, String> {
+fn shared_state(
+    config: Arc<Config>,
+    upstream: Arc<Upstream>,
+    store: Option<crate::store::StoreHandle>,
+) -> Result<Shared, String> {
     let ex = &config.executor;
     let limiters = crate::limit::Registry::new(
         config.allowlist.len(),
@@ -302,9 +337,27 @@ fn shared_state(config: Arc<Config>, upstream: Arc<Upstream>) -> Result<Shared, 
         ex.rate_limit_margin,
     );
     let registry = Arc::new(crate::jobs::registry::Registry::new(ex.job_retention));
+    // The process clock starts one day (or the machine's uptime, if shorter) in the past, so
+    // that send times restored from before a restart are still positive on it.
+    let now = std::time::Instant::now();
+    let back = (1..=86_400u64)
+        .rev()
+        .step_by(3_600)
+        .chain([60, 10, 1, 0])
+        .map(std::time::Duration::from_secs)
+        .find(|d| now.checked_sub(*d).is_some())
+        .unwrap_or_default();
+    let epoch = now.checked_sub(back).unwrap_or(now);
+    let epoch_wall = std::time::SystemTime::now()
+        .checked_sub(back)
+        .unwrap_or_else(std::time::SystemTime::now);
     let report_registry = registry.clone();
+    let report_store = store.clone();
     let report = Arc::new(move |report: crate::webhook::DeliveryReport| {
         crate::jobs::registry::record_delivery(&report_registry, &report);
+        if let Some(store) = &report_store {
+            record_delivery_in_store(store, &report);
+        }
     });
     let tls = crate::upstream::tls::client_config(config.ca_file.as_deref())?;
     let mut sender_config = crate::webhook::SenderConfig::new(Arc::new(tls));
@@ -327,9 +380,200 @@ fn shared_state(config: Arc<Config>, upstream: Arc<Upstream>) -> Result<Shared, 
             config.workers,
             ex.max_inflight,
         )),
-        epoch: std::time::Instant::now(),
-        epoch_wall: std::time::SystemTime::now(),
+        store,
+        recovered: (0..config.workers)
+            .map(|_| std::sync::Mutex::new(Recovery::default()))
+            .collect(),
+        epoch,
+        epoch_wall,
     })
+}
+
+/// A delivery report in the store: a final one removes the delivery (and sets the job's
+/// callback state), a retry stores the delivery's next attempt.
+fn record_delivery_in_store(
+    store: &crate::store::StoreHandle,
+    report: &crate::webhook::DeliveryReport,
+) {
+    use crate::webhook::DeliveryOutcome;
+    let Some(id) = crate::jobs::registry::JobId::parse(report.job_id.as_bytes()) else {
+        return;
+    };
+    let op = match &report.outcome {
+        DeliveryOutcome::Retrying { .. } => crate::store::Op::PutDelivery(
+            crate::jobs::persist::delivery_to_row(&report.record, id.0),
+        ),
+        outcome => crate::store::Op::DeliveryDone {
+            job_id: id.0,
+            url: report.url.as_str().to_string(),
+            callback_state: Some(match outcome {
+                DeliveryOutcome::Delivered { .. } => crate::store::CallbackState::Delivered,
+                DeliveryOutcome::GaveUp { reason, .. } | DeliveryOutcome::Rejected { reason } => {
+                    crate::store::CallbackState::Failed(reason.clone())
+                }
+                DeliveryOutcome::Retrying { .. } => crate::store::CallbackState::Pending,
+            }),
+        },
+    };
+    let _ = store.submit(op);
+}
+
+/// How often worker 0 stores the limiters' send history and a heartbeat.
+pub const SEND_SNAPSHOT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Puts the previous run's send history back into the limiters. After a crash, sends made
+/// between the last stored snapshot and the crash are unknown: sluice assumes the worst, that
+/// each window was filled up to its limit at the moment of the crash (the last heartbeat plus
+/// two snapshot intervals; now, if the previous run died before its first heartbeat), so the
+/// limit holds across the crash at the cost of up to one window of caution. After a clean
+/// shutdown the stored history is exact.
+fn restore_sends(
+    shared: &Shared,
+    sends: &[(String, Vec<u64>)],
+    heartbeat: Option<u64>,
+    crashed: bool,
+) {
+    let epoch_ns = unix_nanos(shared.epoch_wall);
+    let now = u64::try_from(shared.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    // Process-clock nanoseconds of a unix time; before the epoch counts as the epoch (later
+    // than it was: only more cautious).
+    let local = |unix_ns: u64| unix_ns.saturating_sub(epoch_ns).min(now);
+    let crash_at = crashed.then(|| match heartbeat {
+        Some(ms) => local(
+            ms.saturating_mul(1_000_000)
+                .saturating_add(u64::try_from(SEND_SNAPSHOT_INTERVAL.as_nanos()).unwrap_or(0) * 2),
+        ),
+        None => now,
+    });
+    for i in 0..shared.limiters.len() {
+        let limiter = shared.limiters.limiter(i);
+        let name = shared.limiters.name(i);
+        let mut times: Vec<u64> = sends
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.iter().map(|&u| local(u)).collect())
+            .unwrap_or_default();
+        if let Some(crash) = crash_at {
+            let spec = limiter.spec();
+            let window =
+                u64::try_from((spec.period() + limiter.margin()).as_nanos()).unwrap_or(u64::MAX);
+            let counted = times
+                .iter()
+                .filter(|&&t| t.saturating_add(window) > crash)
+                .count();
+            let limit = usize::try_from(spec.limit().get()).unwrap_or(usize::MAX);
+            let unknown = limit.saturating_sub(counted);
+            times.extend(std::iter::repeat_n(crash, unknown));
+        }
+        if !times.is_empty() {
+            limiter.restore_sends(&times);
+        }
+    }
+}
+
+fn unix_nanos(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Worker 0's task: every [`SEND_SNAPSHOT_INTERVAL`], each limiter's recent sends and a
+/// heartbeat go to the store (batched, not awaited).
+async fn snapshot_sends(worker: Rc<Worker>, store: crate::store::StoreHandle) {
+    let epoch_ns = unix_nanos(worker.system_time_at(0));
+    loop {
+        monoio::time::sleep(SEND_SNAPSHOT_INTERVAL).await;
+        let now = worker.timers.now();
+        for i in 0..worker.limiters.len() {
+            let sends_ns = worker
+                .limiters
+                .limiter(i)
+                .recent_sends(now)
+                .into_iter()
+                .map(|t| t.saturating_add(epoch_ns))
+                .collect();
+            let limiter = worker.limiters.name(i).to_string();
+            let _ = store.submit(crate::store::Op::SendHistory { limiter, sends_ns });
+        }
+        let at_ms = crate::jobs::persist::unix_ms(std::time::SystemTime::now());
+        let _ = store.submit(crate::store::Op::Heartbeat { at_ms });
+    }
+}
+
+/// What one worker picks up at start from the previous run: jobs to resume, deliveries to send.
+#[derive(Default)]
+pub struct Recovery {
+    pub jobs: Vec<crate::store::JobRow>,
+    pub deliveries: Vec<crate::webhook::Delivery>,
+}
+
+/// Puts the previous run's state in place: every stored job in the registry (finished ones
+/// for `/result`, open ones to be resumed), open jobs and pending deliveries spread over the
+/// workers, and the limiters' send history (see [`restore_sends`]).
+fn recover(shared: &Shared, recovered: crate::store::Recovered, previous_run: bool) {
+    use crate::jobs::persist;
+    use crate::jobs::registry::{JobId, JobState};
+    let workers = shared.recovered.len().max(1);
+    let (mut open, mut finished) = (0usize, 0usize);
+    for row in recovered.jobs {
+        let status = persist::status_from_row(row.status);
+        let state = JobState {
+            status,
+            attempts: row.attempts,
+            last_upstream_status: row.last_upstream_status,
+            next_attempt_at: row.next_attempt_at_ms.map(persist::from_unix_ms),
+            created_at: persist::from_unix_ms(row.created_at_ms),
+            finished_at: row.finished_at_ms.map(persist::from_unix_ms),
+            result: row.result.clone().map(persist::result_from_row),
+            callback: persist::callback_from_row(&row.callback_state),
+        };
+        shared.registry.insert_with_id(JobId(row.id), state);
+        if row.status.is_finished() {
+            finished += 1;
+            continue;
+        }
+        let at = open % workers;
+        open += 1;
+        if let Some(slot) = shared.recovered.get(at) {
+            slot.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .jobs
+                .push(row);
+        }
+    }
+    let mut deliveries = 0usize;
+    for row in recovered.deliveries {
+        match persist::delivery_from_row(row) {
+            Ok(d) => {
+                let at = deliveries % workers;
+                deliveries += 1;
+                if let Some(slot) = shared.recovered.get(at) {
+                    slot.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .deliveries
+                        .push(d);
+                }
+            }
+            Err(why) => crate::log::error(format_args!("stored delivery dropped: {why}")),
+        }
+    }
+    // A previous run that did not close the store cleanly may have sent more than it stored.
+    let crashed = previous_run && !recovered.clean_shutdown;
+    restore_sends(
+        shared,
+        &recovered.sends,
+        recovered.last_heartbeat_ms,
+        crashed,
+    );
+    if open + finished + deliveries > 0 || crashed {
+        crate::log::info(format_args!(
+            "store: {open} open jobs resumed, {finished} finished jobs kept, {deliveries} callbacks to deliver{}",
+            if crashed {
+                " (the previous run did not shut down cleanly)"
+            } else {
+                ""
+            }
+        ));
+    }
 }
 
 /// Removes finished deferred jobs past their retention time (one worker does it for all).

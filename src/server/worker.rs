@@ -57,6 +57,10 @@ pub struct Shared {
     pub open_jobs: Arc<AtomicUsize>,
     /// Open dedup keys across workers and the workers' mailboxes (cross-core dedup).
     pub open_keys: Arc<OpenKeys>,
+    /// The job store (`None` with `--no-persist`).
+    pub store: Option<crate::store::StoreHandle>,
+    /// Per worker: what it picks up from the previous run at start.
+    pub recovered: Vec<std::sync::Mutex<super::Recovery>>,
     /// The process clock's zero: worker clocks count nanoseconds from here.
     pub epoch: Instant,
     /// Wall-clock time at `epoch`, to show times in job status documents.
@@ -74,6 +78,7 @@ pub struct Worker {
     pub webhooks: Sender,
     pub open_jobs: Arc<AtomicUsize>,
     pub open_keys: Arc<OpenKeys>,
+    pub store: Option<crate::store::StoreHandle>,
     pub pool: RefCell<Pool>,
     pub limits: HeadLimits,
     pub timers: Rc<Timers>,
@@ -120,6 +125,7 @@ impl Worker {
             webhooks,
             open_jobs: shared.open_jobs.clone(),
             open_keys: shared.open_keys.clone(),
+            store: shared.store.clone(),
             pool: RefCell::new(pool),
             limits,
             timers,
@@ -147,6 +153,15 @@ impl Worker {
         Some(OpenJob {
             count: self.open_jobs.clone(),
         })
+    }
+
+    /// Counts a job resumed from the store: it was promised before, so it is never refused,
+    /// even above the cap (new requests wait until the count is under it again).
+    pub fn open_job_forced(&self) -> OpenJob {
+        self.open_jobs.fetch_add(1, Ordering::AcqRel);
+        OpenJob {
+            count: self.open_jobs.clone(),
+        }
     }
 
     /// Wall-clock time of a worker-clock instant (nanoseconds since the epoch).
@@ -224,6 +239,7 @@ impl Worker {
         stored: &StoredResponse,
         status: JobStatus,
         attempts: u32,
+        persisted: bool,
     ) {
         let outcome = if status == JobStatus::Succeeded {
             JobOutcome::Succeeded
@@ -240,8 +256,13 @@ impl Worker {
             attempts,
             SystemTime::now(),
         );
+        // Stored first: from here on a crash cannot lose the callback (its job row is there).
+        if let Some(store) = self.store.as_ref().filter(|_| persisted) {
+            let row = crate::jobs::persist::delivery_to_row(&delivery, record.id.0);
+            let _ = store.submit(crate::store::Op::PutDelivery(row));
+        }
         if let Err(closed) = self.webhooks.submit(delivery) {
-            // Only after shutdown started; persistence (a later issue) keeps these.
+            // Only after shutdown started; the stored delivery (if any) is sent after restart.
             crate::log::warn(format_args!(
                 "callback of job {} not queued: the webhook sender is shut down",
                 closed.0.job_id

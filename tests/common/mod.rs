@@ -20,7 +20,7 @@ use std::time::Duration;
 
 pub use client::{Client, ReadFailure, Response};
 pub use origin::{echo_reply, MockOrigin, Reply, Request, Step};
-pub use sluice::{sluice_command, Sluice, StartupLine};
+pub use sluice::{sluice_command, temp_data_dir, Sluice, StartupLine};
 pub use wire::Framing;
 
 /// Read/write timeout of every test socket and bound of every wait: a hang fails the test.

@@ -42,6 +42,8 @@ pub struct Request {
     pub seq: usize,
     /// SNI the TLS client sent (TLS origins only).
     pub sni: Option<String>,
+    /// When the whole request had arrived.
+    pub received_at: Instant,
 }
 
 impl Request {
@@ -276,6 +278,11 @@ impl MockOrigin {
     }
 
     /// Requests received so far, in arrival order.
+    /// Arrival times of the requests so far, in order.
+    pub fn request_times(&self) -> Vec<Instant> {
+        self.requests().iter().map(|r| r.received_at).collect()
+    }
+
     pub fn requests(&self) -> Vec<Request> {
         self.shared.lock().requests.clone()
     }
@@ -472,6 +479,7 @@ fn serve<S: Read + Write>(
             conn,
             seq,
             sni: sni.clone(),
+            received_at: Instant::now(),
         };
         let reply = (shared.handler)(&request);
         shared.update(|s| s.requests.push(request));
