@@ -180,9 +180,7 @@ fn attempts_carry_the_job_id_as_idempotency_key() {
     assert_eq!(sent[0].header("idempotency-key"), Some(id.clone()));
     assert_eq!(sent[1].header("idempotency-key"), Some(id));
     let own = sluice.connect().request(
-        "GET /crypto/sign?message=own HTTP/1.1\r\nHost: x\r\nIdempotency-Key: mine\r\n\r\n"
-            .as_bytes()
-            .to_vec(),
+        "GET /crypto/sign?message=own HTTP/1.1\r\nHost: x\r\nIdempotency-Key: mine\r\n\r\n",
     );
     assert!(matches!(own.status, 200 | 202), "{}", own.head_text());
     let sent = origin.wait_requests(3);

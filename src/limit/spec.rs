@@ -62,7 +62,7 @@ impl RateSpec {
         if period < MIN_PERIOD || period > MAX_PERIOD {
             return Err("the period must be between 1ms and 168h".to_string());
         }
-        if period.subsec_nanos() % 1_000_000 != 0 {
+        if !period.subsec_nanos().is_multiple_of(1_000_000) {
             return Err("the period must be a whole number of milliseconds".to_string());
         }
         Ok(RateSpec { limit, period })
@@ -135,7 +135,7 @@ impl fmt::Display for RateSpec {
             .iter()
             .rev()
             .map(|&(name, unit)| (name, unit.as_millis()))
-            .find(|&(_, unit)| unit != 0 && millis % unit == 0)
+            .find(|&(_, unit)| unit != 0 && millis.is_multiple_of(unit))
             .unwrap_or(("ms", 1));
         let count = millis.checked_div(unit_millis).unwrap_or(millis);
         write!(f, "{}/{count}{name}", self.limit)

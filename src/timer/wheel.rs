@@ -308,7 +308,7 @@ impl<T> TimerWheel<T> {
     /// `ceil(deadline / tick)`. Cannot overflow: with a 1 ns tick the remainder is zero, and with
     /// a longer one the quotient is at most `u64::MAX / 2`.
     fn tick_of(&self, deadline: u64) -> u64 {
-        deadline / self.tick_ns + u64::from(deadline % self.tick_ns != 0)
+        deadline / self.tick_ns + u64::from(!deadline.is_multiple_of(self.tick_ns))
     }
 
     /// The earliest non-empty wheel slot: its list index and its start tick. The lowest non-empty
