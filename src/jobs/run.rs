@@ -830,6 +830,11 @@ async fn drive(worker: &Rc<Worker>, ctl: &Rc<JobCell>, key: Option<DedupKey>) ->
             .acquire(&worker.limiters, ctl.limiter.get(), timers)
             .await;
         ctl.waiting_for_slot.set(false);
+        if worker.drain.halted() {
+            // Shutting down: no attempt starts any more (the slot taken stays counted, which
+            // is only cautious); a deferred job is in the store and resumes after the restart.
+            return std::future::pending().await;
+        }
         let attempt = ctl.attempts.get().saturating_add(1);
         ctl.attempts.set(attempt);
         ctl.next_attempt.set(None);

@@ -23,6 +23,7 @@
 pub mod body;
 pub mod forward;
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -89,6 +90,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
 /// Serves requests on `conn` until it closes, or until a deferred job moves it to a new task
 /// (which calls this again).
 pub async fn continue_serving(worker: Rc<Worker>, conn: ClientConn) {
+    let _open = worker.drain.connection();
     let mut slot = Some(conn);
     let linger = serve_requests(&worker, &mut slot).await;
     if let Some(mut conn) = slot {
@@ -118,7 +120,7 @@ async fn serve_requests(worker: &Rc<Worker>, slot: &mut Option<ClientConn>) -> b
         let Some(conn) = slot.as_mut() else {
             return false;
         };
-        let (head, bytes) = match read_head(worker, conn).await {
+        let (mut head, bytes) = match read_head(worker, conn).await {
             HeadRead::Head(head, bytes) => (head, bytes),
             HeadRead::Closed => return false,
             HeadRead::Invalid(e) => {
@@ -138,6 +140,10 @@ async fn serve_requests(worker: &Rc<Worker>, slot: &mut Option<ClientConn>) -> b
             }
         };
         conn.head_request = head.method == Method::Head;
+        if worker.drain.draining() {
+            // Shutting down: this is the connection's last answer (`Connection: close`).
+            head.keep_alive = false;
+        }
         let next = handle(worker, slot, &head, &bytes).await;
         drop(bytes);
         match next {
@@ -398,7 +404,34 @@ async fn read_head(worker: &Worker, conn: &mut ClientConn) -> HeadRead {
             }
         };
         let started = !conn.buf.is_empty();
-        match read_more(&mut conn.stream, &mut conn.buf, HEAD_READ_BYTES, timeout).await {
+        let read = if started {
+            read_more(&mut conn.stream, &mut conn.buf, HEAD_READ_BYTES, timeout).await
+        } else {
+            // Idle between requests: a shutdown closes the connection at once (the dropped
+            // read loses nothing: no request byte has arrived).
+            if worker.drain.draining() {
+                return HeadRead::Closed;
+            }
+            let mut read = std::pin::pin!(read_more(
+                &mut conn.stream,
+                &mut conn.buf,
+                HEAD_READ_BYTES,
+                timeout
+            ));
+            let mut drain = worker.drain.watch();
+            let raced = std::future::poll_fn(|cx| {
+                if let std::task::Poll::Ready(r) = read.as_mut().poll(cx) {
+                    return std::task::Poll::Ready(Some(r));
+                }
+                std::pin::Pin::new(&mut drain).poll(cx).map(|()| None)
+            })
+            .await;
+            match raced {
+                Some(r) => r,
+                None => return HeadRead::Closed,
+            }
+        };
+        match read {
             Ok(0) => return HeadRead::Closed,
             Ok(_) => {
                 if header_deadline.is_none() {

@@ -10,6 +10,8 @@
 //! `-p 0`), start the others on the same port, and wait until every worker reports its
 //! listener and driver.
 
+pub mod shutdown;
+pub mod signals;
 pub mod worker;
 
 use std::future::Future;
@@ -92,6 +94,8 @@ pub struct Server {
     /// The job store, closed (flushed, marked clean) at shutdown.
     pub store: Option<crate::store::Store>,
     pub shared: Arc<Shared>,
+    /// Workers report here when they drained.
+    drained: mpsc::Receiver<usize>,
 }
 
 impl Server {
@@ -111,7 +115,8 @@ impl Server {
             None => (None, crate::store::Recovered::default(), false),
         };
         let handle = store.as_ref().map(|s| s.handle());
-        let shared = Arc::new(shared_state(config.clone(), upstream, handle)?);
+        let (drained_tx, drained) = mpsc::channel();
+        let shared = Arc::new(shared_state(config.clone(), upstream, handle, drained_tx)?);
         recover(&shared, recovered, previous_run);
         let cpus = allowed_cpus();
         let (tx, rx) = mpsc::channel::<Result<(SocketAddr, Driver), String>>();
@@ -147,7 +152,53 @@ impl Server {
             threads,
             store,
             shared,
+            drained,
         })
+    }
+
+    /// The graceful shutdown (see [`shutdown`]): signals every worker, waits until each has
+    /// drained (bounded by `--shutdown-grace` plus a second), stores the final send history and
+    /// closes the store. The worker threads are left to the process exit.
+    pub fn shutdown(self) -> Result<(), String> {
+        let Server {
+            shared,
+            store,
+            drained,
+            workers,
+            ..
+        } = self;
+        shared.shutdown.trigger();
+        let until = std::time::Instant::now()
+            + shared.config.shutdown_grace
+            + std::time::Duration::from_secs(1);
+        let mut left = workers;
+        while left > 0 {
+            let wait = until.saturating_duration_since(std::time::Instant::now());
+            match drained.recv_timeout(wait) {
+                Ok(_) => left -= 1,
+                Err(_) => break,
+            }
+        }
+        if left > 0 {
+            crate::log::warn(format_args!(
+                "{left} workers did not drain in time; their open jobs are in the store"
+            ));
+        }
+        let Some(store) = store else {
+            return Ok(());
+        };
+        // Every worker halted (no attempt starts any more): this history is complete.
+        let now = u64::try_from(shared.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        store_sends(
+            &shared.limiters,
+            now,
+            unix_nanos(shared.epoch_wall),
+            &store.handle(),
+        );
+        let path = store.path().display().to_string();
+        store
+            .close()
+            .map_err(|e| format!("closing the store {path}: {e}"))
     }
 
     /// Blocks until every worker thread ends (they run until the process exits).
@@ -230,6 +281,12 @@ fn run_worker(
         if shared.config.workers > 1 {
             monoio::spawn(crate::jobs::run::serve_remote_duplicates(worker.clone()));
         }
+        let done = shared
+            .drained
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        monoio::spawn(shutdown::drain_worker(worker.clone(), done));
         if let (0, Some(store)) = (id, shared.store.clone()) {
             monoio::spawn(snapshot_sends(worker.clone(), store));
         }
@@ -249,6 +306,9 @@ fn run_worker(
             monoio::spawn(sweep_jobs(worker.clone()));
         }
         accept_loop(worker, listener).await;
+        // Shutting down: the listener is closed; the runtime keeps running the connections,
+        // jobs and the drain task until the process exits.
+        std::future::pending::<()>().await;
     });
 }
 
@@ -279,7 +339,23 @@ fn build_runtime(
 /// (monoio 0.2.4 can leak an accepted fd when an `accept` loses a cancellation race).
 async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
     loop {
-        match listener.accept().await {
+        // Raced with the shutdown signal: at shutdown the pending accept is dropped (monoio may
+        // leak one fd then; the process is exiting) and the listener closes.
+        let accepted = {
+            let mut accept = std::pin::pin!(listener.accept());
+            let mut stop = std::pin::pin!(worker.shutdown.wait());
+            std::future::poll_fn(|cx| {
+                if stop.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+                accept.as_mut().poll(cx).map(Some)
+            })
+            .await
+        };
+        let Some(accepted) = accepted else {
+            return;
+        };
+        match accepted {
             Ok((stream, peer)) => {
                 spawn_guarded(crate::proxy::serve(worker.clone(), stream, peer));
             }
@@ -327,6 +403,7 @@ fn shared_state(
     config: Arc<Config>,
     upstream: Arc<Upstream>,
     store: Option<crate::store::StoreHandle>,
+    drained: mpsc::Sender<usize>,
 ) -> Result<Shared, String> {
     let ex = &config.executor;
     let limiters = crate::limit::Registry::new(
@@ -381,6 +458,8 @@ fn shared_state(
             ex.max_inflight,
         )),
         store,
+        shutdown: Arc::new(shutdown::ShutdownSignal::default()),
+        drained: std::sync::Mutex::new(drained),
         recovered: (0..config.workers)
             .map(|_| std::sync::Mutex::new(Recovery::default()))
             .collect(),
@@ -482,21 +561,29 @@ async fn snapshot_sends(worker: Rc<Worker>, store: crate::store::StoreHandle) {
     let epoch_ns = unix_nanos(worker.system_time_at(0));
     loop {
         monoio::time::sleep(SEND_SNAPSHOT_INTERVAL).await;
-        let now = worker.timers.now();
-        for i in 0..worker.limiters.len() {
-            let sends_ns = worker
-                .limiters
-                .limiter(i)
-                .recent_sends(now)
-                .into_iter()
-                .map(|t| t.saturating_add(epoch_ns))
-                .collect();
-            let limiter = worker.limiters.name(i).to_string();
-            let _ = store.submit(crate::store::Op::SendHistory { limiter, sends_ns });
-        }
-        let at_ms = crate::jobs::persist::unix_ms(std::time::SystemTime::now());
-        let _ = store.submit(crate::store::Op::Heartbeat { at_ms });
+        store_sends(&worker.limiters, worker.timers.now(), epoch_ns, &store);
     }
+}
+
+/// Submits every limiter's sends that still count at `now` (process clock), and a heartbeat.
+fn store_sends(
+    limiters: &crate::limit::Registry,
+    now: u64,
+    epoch_ns: u64,
+    store: &crate::store::StoreHandle,
+) {
+    for i in 0..limiters.len() {
+        let sends_ns = limiters
+            .limiter(i)
+            .recent_sends(now)
+            .into_iter()
+            .map(|t| t.saturating_add(epoch_ns))
+            .collect();
+        let limiter = limiters.name(i).to_string();
+        let _ = store.submit(crate::store::Op::SendHistory { limiter, sends_ns });
+    }
+    let at_ms = crate::jobs::persist::unix_ms(std::time::SystemTime::now());
+    let _ = store.submit(crate::store::Op::Heartbeat { at_ms });
 }
 
 /// What one worker picks up at start from the previous run: jobs to resume, deliveries to send.

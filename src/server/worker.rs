@@ -61,6 +61,10 @@ pub struct Shared {
     pub store: Option<crate::store::StoreHandle>,
     /// Per worker: what it picks up from the previous run at start.
     pub recovered: Vec<std::sync::Mutex<super::Recovery>>,
+    /// Set by SIGTERM/SIGINT: every worker drains (see `server::shutdown`).
+    pub shutdown: Arc<super::shutdown::ShutdownSignal>,
+    /// Where each worker reports that it drained.
+    pub drained: std::sync::Mutex<std::sync::mpsc::Sender<usize>>,
     /// The process clock's zero: worker clocks count nanoseconds from here.
     pub epoch: Instant,
     /// Wall-clock time at `epoch`, to show times in job status documents.
@@ -79,6 +83,9 @@ pub struct Worker {
     pub open_jobs: Arc<AtomicUsize>,
     pub open_keys: Arc<OpenKeys>,
     pub store: Option<crate::store::StoreHandle>,
+    pub shutdown: Arc<super::shutdown::ShutdownSignal>,
+    /// This worker's drain state (connections open, draining, halted).
+    pub drain: Rc<super::shutdown::Drain>,
     pub pool: RefCell<Pool>,
     pub limits: HeadLimits,
     pub timers: Rc<Timers>,
@@ -126,6 +133,8 @@ impl Worker {
             open_jobs: shared.open_jobs.clone(),
             open_keys: shared.open_keys.clone(),
             store: shared.store.clone(),
+            shutdown: shared.shutdown.clone(),
+            drain: Rc::new(super::shutdown::Drain::default()),
             pool: RefCell::new(pool),
             limits,
             timers,

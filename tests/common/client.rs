@@ -106,6 +106,11 @@ pub struct Client {
 }
 
 impl Client {
+    /// The raw socket, for reading what the server does after the last response.
+    pub fn into_stream(self) -> TcpStream {
+        self.wire.into_inner()
+    }
+
     pub fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
             .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
