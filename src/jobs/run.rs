@@ -468,9 +468,8 @@ async fn drive(
         // Do not hold the caller when the next slot is certainly too late.
         if ctl.client_waiting.get() {
             let free_at = worker
-                .limiters
-                .limiter(request.limiter)
-                .next_free(timers.now());
+                .slots
+                .next_free(&worker.limiters, request.limiter, timers.now());
             if free_at > ctl.deadline.get() {
                 ctl.defer_now.set(true);
             }

@@ -290,6 +290,7 @@ fn shared_state(config: Arc<Config>, upstream: Arc<Upstream>) -> Result<Shared, 
         ex.rate_limit_algorithm,
         ex.rate_limit_scope,
         ex.rate_limit_margin,
+        config.workers,
     );
     let registry = Arc::new(crate::jobs::registry::Registry::new(ex.job_retention));
     let report_registry = registry.clone();
