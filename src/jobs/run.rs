@@ -817,9 +817,8 @@ async fn drive(worker: &Rc<Worker>, ctl: &Rc<JobCell>, key: Option<DedupKey>) ->
         // Do not hold the caller when the next slot is certainly too late.
         if ctl.client_waiting.get() {
             let free_at = worker
-                .limiters
-                .limiter(ctl.limiter.get())
-                .next_free(timers.now());
+                .slots
+                .next_free(&worker.limiters, ctl.limiter.get(), timers.now());
             if free_at > ctl.deadline.get() {
                 ctl.defer_now.set(true);
             }

@@ -16,6 +16,15 @@
 //!
 //! Unlike the sliding window, a token bucket lets up to 2N sends fall in one rolling PERIOD
 //! (a full burst just before and after a refill), so it takes no safety margin.
+//!
+//! Not leased (the sliding window leases, see `sliding.rs`). GCRA's whole state is one time:
+//! it keeps no record per grant that a lease's owner could later rewrite to the real send time,
+//! so a leased grant would count at the lease time while it is sent up to a validity later. A
+//! batch of m leased at `a` and sent at `a + d` next to a full burst made at `a + d` by another
+//! core puts `N + m` sends in an instant the rule above allows only N: the invariant would
+//! weaken by m per outstanding lease. Returning unused grants cannot repair that either (the
+//! early accounting is what breaks it, not the unused grants). One CAS on one line is already
+//! the cheapest shared grant (about half the sliding window's), so the bucket stays shared.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{

@@ -1,23 +1,30 @@
 //! Upstream rate limiting shared by every worker thread: the process [`Clock`] (nanoseconds
 //! since one epoch), the [`Limiter`] that grants send slots, its settings ([`RateSpec`],
-//! [`Algorithm`], [`Scope`]) and the [`Registry`] that maps endpoints to limiters.
+//! [`Algorithm`], [`Scope`]), the per-core [`Lease`] a worker keeps on each limiter, and the
+//! [`Registry`] that maps endpoints to limiters.
 //!
 //! A limiter is `Send + Sync` and used through an `Arc` by all cores at once: no locks, no
-//! allocation per check, no per-core split of the budget (an idle core strands nothing). Two
-//! algorithms:
+//! allocation per check, one budget for all cores (never split N ways: an idle core strands
+//! nothing beyond a lease's short validity). Two algorithms:
 //!
 //! - `sliding-window` (`sliding.rs`): exact. In no rolling PERIOD + margin are more than N sends
-//!   granted, summed over all threads, whatever the interleaving. A ring of the last N send
-//!   times; a grant is one CAS on a ring slot plus one CAS on a sequence counter.
-//! - `token-bucket` (`bucket.rs`): GCRA on one atomic; a burst of N, then N per PERIOD.
+//!   granted, counted at the `now` of the caller that sends, summed over all threads, whatever
+//!   the interleaving. A ring of the last N send times; a grant is one CAS on a ring slot plus
+//!   one CAS on a sequence counter. For large limits a worker leases a short run of ring slots
+//!   in one trip and then sends from it with one CAS on a slot no other core is using
+//!   ([`Limiter::try_acquire_leased`]); small limits (such as the default `10/1m`) never lease.
+//! - `token-bucket` (`bucket.rs`): GCRA on one atomic; a burst of N, then N per PERIOD. Not
+//!   leased: GCRA's state is one time, not per-grant records, so it cannot count a leased grant
+//!   at the time it is really sent (see `bucket.rs`). One CAS is already cheap.
 //!
 //! Time is passed in (`now`: nanoseconds since the [`Clock`]'s epoch) so that tests and benches
 //! drive it without sleeping. `now` need not be monotonic across threads: a thread that read
 //! the clock a moment before another may call later; both algorithms stay exact.
 //!
 //! Not here: waiting (callers queue and sleep until [`Limiter::try_acquire`]'s or
-//! [`Limiter::next_free`]'s time, see `crate::jobs::slots`), flags (`crate::config`), and
-//! writing send times to disk (the caller persists [`Limiter::recent_sends`]).
+//! [`Limiter::next_free`]'s time, and keep their [`Lease`]s, see `crate::jobs::slots`), flags
+//! (`crate::config`), and writing send times to disk (the caller persists
+//! [`Limiter::recent_sends`]).
 
 #![forbid(unsafe_code)]
 
@@ -27,6 +34,7 @@ mod sliding;
 mod spec;
 
 pub use registry::{Registry, ORIGIN_LIMITER};
+pub use sliding::Lease;
 pub use spec::{
     Algorithm, RateSpec, Scope, DEFAULT_RATE_LIMIT, MAX_DEFAULT_MARGIN, MAX_LIMIT, MAX_PERIOD,
     MIN_PERIOD,
@@ -118,14 +126,28 @@ enum Inner {
 }
 
 impl Limiter {
-    /// A limiter with no sends yet. `margin` widens the sliding window (the window is
+    /// A limiter with no sends yet that never leases (as if one worker used it): every grant
+    /// goes through the shared state. `margin` widens the sliding window (the window is
     /// PERIOD + margin); the token bucket ignores it (it promises a rate, not a window).
     /// A sliding window allocates 8 bytes per unit of `spec.limit()` (80 MB at [`MAX_LIMIT`]).
     pub fn new(spec: RateSpec, algorithm: Algorithm, margin: Duration) -> Limiter {
+        Limiter::with_workers(spec, algorithm, margin, 1)
+    }
+
+    /// [`Limiter::new`] for `workers` cores that each keep a [`Lease`] on it: a sliding window
+    /// with a large enough limit leases grants in small batches to whoever holds one (see
+    /// [`Limiter::lease_size`]); the board of lease records takes 128 bytes per worker.
+    pub fn with_workers(
+        spec: RateSpec,
+        algorithm: Algorithm,
+        margin: Duration,
+        workers: usize,
+    ) -> Limiter {
         let inner = match algorithm {
             Algorithm::SlidingWindow => Inner::Sliding(SlidingWindow::new(
                 spec.limit(),
                 nanos(spec.period()).saturating_add(nanos(margin)),
+                workers,
             )),
             Algorithm::TokenBucket => {
                 Inner::Bucket(TokenBucket::new(spec.limit(), nanos(spec.period())))
@@ -149,12 +171,44 @@ impl Limiter {
         }
     }
 
+    /// [`Limiter::try_acquire`] for a caller that keeps `lease` on this limiter (one per core
+    /// and limiter): sends from the lease if it has a grant left, else takes a new lease (a
+    /// batch of [`Limiter::lease_size`] grants, this call's among them) from the shared state.
+    /// The same exactness: a leased grant counts as a send only once used, at the `now` of the
+    /// call that uses it, and occupies its place until then or until another core takes it
+    /// over after a short validity (at most 1 ms). A limiter that does not lease (token
+    /// bucket, small limits, one worker) treats this as `try_acquire`.
+    pub fn try_acquire_leased(&self, lease: &mut Lease, now: u64) -> Result<(), u64> {
+        match &self.inner {
+            Inner::Sliding(w) => w.try_acquire_leased(lease, now),
+            Inner::Bucket(b) => b.try_acquire(now),
+        }
+    }
+
     /// The earliest time (`>= now`) a slot may be free, without taking one: `now` when one is
-    /// free now. For wait queues.
+    /// free now. For wait queues. Grants leased by other cores count as taken until they are
+    /// used or their validity ends.
     pub fn next_free(&self, now: u64) -> u64 {
         match &self.inner {
             Inner::Sliding(w) => w.next_free(now),
             Inner::Bucket(b) => b.next_free(now),
+        }
+    }
+
+    /// [`Limiter::next_free`] for the holder of `lease`: `now` while its lease can send now.
+    pub fn next_free_leased(&self, lease: &Lease, now: u64) -> u64 {
+        match &self.inner {
+            Inner::Sliding(w) => w.next_free_leased(lease, now),
+            Inner::Bucket(b) => b.next_free(now),
+        }
+    }
+
+    /// Grants per lease: 1 when this limiter does not lease (token bucket; a sliding window
+    /// with one worker, or a limit too small for a batch to be a small share of it).
+    pub fn lease_size(&self) -> u32 {
+        match &self.inner {
+            Inner::Sliding(w) => u32::try_from(w.lease_size()).unwrap_or(u32::MAX),
+            Inner::Bucket(_) => 1,
         }
     }
 
@@ -175,7 +229,8 @@ impl Limiter {
 
     /// Send times (nanoseconds, ascending) that still count against the limit at `now`, to
     /// persist across a restart. Sliding window: each send less than PERIOD + margin before
-    /// `now`, at the time it was granted at (or recorded at, for restored ones).
+    /// `now`, at the time it was sent at (or recorded at, for restored ones); leased grants not
+    /// used yet are not sends and are left out.
     /// Token bucket: at most N equivalent send times that rebuild the bucket's current state.
     /// A snapshot: sends granted while it is taken may or may not appear.
     pub fn recent_sends(&self, now: u64) -> Vec<u64> {

@@ -5,7 +5,8 @@
 //! Today it is built from the flags ([`Registry::new`]: one limiter per endpoint, or one for
 //! the whole origin). A configuration file will add per-endpoint limits and named groups of
 //! endpoints sharing one budget; it builds its limiters and the endpoint map itself and hands
-//! them to [`Registry::from_parts`], which checks them.
+//! them to [`Registry::from_parts`], which checks them (built with
+//! [`Limiter::with_workers`] so that they lease; see `super`).
 //!
 //! Not here: the allowlist that numbers the endpoints (`crate::routing`), waiting for a slot.
 
@@ -29,15 +30,17 @@ pub struct Registry {
 impl Registry {
     /// The flag-built registry: under [`Scope::Endpoint`], one limiter per endpoint, named
     /// `endpoint-<i>` (endpoint `i` uses limiter `i`); under [`Scope::Origin`], one limiter named
-    /// [`ORIGIN_LIMITER`] for all of them.
+    /// [`ORIGIN_LIMITER`] for all of them. `workers` is the number of cores that will keep a
+    /// lease on each limiter (see [`Limiter::with_workers`]).
     pub fn new(
         endpoints: usize,
         spec: RateSpec,
         algorithm: Algorithm,
         scope: Scope,
         margin: Duration,
+        workers: usize,
     ) -> Registry {
-        let limiter = || Limiter::new(spec, algorithm, margin);
+        let limiter = || Limiter::with_workers(spec, algorithm, margin, workers);
         match scope {
             Scope::Endpoint => Registry {
                 limiters: (0..endpoints)
@@ -166,6 +169,7 @@ mod tests {
             Algorithm::SlidingWindow,
             Scope::Endpoint,
             Duration::ZERO,
+            2,
         );
         assert_eq!((reg.len(), reg.endpoints()), (3, 3));
         for e in 0..3 {
@@ -187,6 +191,7 @@ mod tests {
             Algorithm::TokenBucket,
             Scope::Origin,
             Duration::ZERO,
+            2,
         );
         assert_eq!((reg.len(), reg.endpoints()), (1, 3));
         assert_eq!(reg.name(0), ORIGIN_LIMITER);
@@ -199,6 +204,25 @@ mod tests {
         assert!(reg.for_endpoint(2).1.try_acquire(SEC).is_err());
     }
 
+    /// The flag-built limiters know the worker count, so large limits lease and small ones
+    /// do not.
+    #[test]
+    fn flag_built_limiters_lease_by_size() {
+        let build = |text: &str, workers| {
+            Registry::new(
+                1,
+                RateSpec::parse(text).unwrap(),
+                Algorithm::SlidingWindow,
+                Scope::Origin,
+                Duration::from_millis(50),
+                workers,
+            )
+        };
+        assert_eq!(build("20000/1s", 2).limiter(0).lease_size(), 19);
+        assert_eq!(build("20000/1s", 1).limiter(0).lease_size(), 1);
+        assert_eq!(build("10/1m", 2).limiter(0).lease_size(), 1);
+    }
+
     #[test]
     fn no_endpoints() {
         let spec = two_per_second();
@@ -208,6 +232,7 @@ mod tests {
             Algorithm::SlidingWindow,
             Scope::Endpoint,
             Duration::ZERO,
+            2,
         );
         assert!(none.is_empty());
         assert_eq!(none.endpoints(), 0);

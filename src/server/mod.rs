@@ -412,6 +412,7 @@ fn shared_state(
         ex.rate_limit_algorithm,
         ex.rate_limit_scope,
         ex.rate_limit_margin,
+        config.workers,
     );
     let registry = Arc::new(crate::jobs::registry::Registry::new(ex.job_retention));
     // The process clock starts one day (or the machine's uptime, if shorter) in the past, so
