@@ -33,10 +33,18 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 sluice \
- && useradd --system --uid 10001 --gid sluice --no-create-home --shell /usr/sbin/nologin sluice
+ && useradd --system --uid 10001 --gid sluice --no-create-home --shell /usr/sbin/nologin sluice \
+ && install -d -o 10001 -g 10001 -m 0700 /var/lib/sluice
 
 COPY --from=builder /usr/local/bin/sluice /usr/local/bin/sluice
 
 USER 10001:10001
+# The default --data-dir (./sluice-data) is relative to this directory: keep it on a volume so
+# promised jobs survive the container (docker run -v sluice-data:/var/lib/sluice ...).
+WORKDIR /var/lib/sluice
+VOLUME /var/lib/sluice
+# SIGTERM drains gracefully (--shutdown-grace, 30 s): use docker stop --time / --stop-timeout
+# above it.
+STOPSIGNAL SIGTERM
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/sluice"]

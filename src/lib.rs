@@ -5,7 +5,9 @@
 //!
 //! - [`config`]: the command line and the validated [`config::Config`].
 //! - [`server`]: one pinned thread per CPU, each with a monoio runtime (io_uring or epoll), an
-//!   `SO_REUSEPORT` listener and its per-core [`server::worker::Worker`] state.
+//!   `SO_REUSEPORT` listener and its per-core [`server::worker::Worker`] state; start-up
+//!   recovery from the store, signals ([`server::signals`]) and graceful shutdown
+//!   ([`server::shutdown`]).
 //! - [`proxy`]: a client connection's request loop ([`proxy::serve`]): read a head, check the
 //!   allowlist, forward ([`proxy::forward`]), stream bodies ([`proxy::body`]).
 //! - [`http`]: sans-IO HTTP/1.1: request and response head parsing into offsets of frozen
@@ -13,7 +15,9 @@
 //! - [`jobs`]: the executor: every forwarded request is a job that waits for a rate-limit slot
 //!   ([`limit`]), is attempted and retried with backoff on per-core timers ([`timer`]), and
 //!   answers its client before the deadline or with `202 Accepted`; deferred jobs report by
-//!   webhook ([`webhook`]) and at `/_sluice/jobs/<id>`.
+//!   webhook ([`webhook`]) and at `/_sluice/jobs/<id>`; identical requests share one job,
+//!   across cores too ([`jobs::crosscore`]); deferred jobs are stored before their 202
+//!   ([`jobs::persist`], [`store`]).
 //! - [`routing`]: the allowlist (exact and prefix paths, decoded, no dot-segment tricks).
 //! - [`upstream`]: connections to the origin (TCP or rustls TLS) and the per-core keep-alive
 //!   pool.

@@ -6,9 +6,13 @@
 //! Start-up order (all on the main thread, blocking calls allowed here and only here):
 //! resolve the origin and build TLS (`upstream::Upstream::prepare`), refuse a port that another
 //! process already listens on (a probe bind without `SO_REUSEPORT`: with it, Linux would let a
-//! second process share the port silently), then start worker 0, learn the bound port (for
-//! `-p 0`), start the others on the same port, and wait until every worker reports its
-//! listener and driver.
+//! second process share the port silently), open the store and read back the previous run
+//! ([`recover`]: finished jobs into the registry, open jobs and pending deliveries shared out
+//! to the workers, send history into the limiters), then start worker 0, learn the bound port
+//! (for `-p 0`), start the others on the same port, and wait until every worker reports its
+//! listener and driver. Each worker then resumes its share of the previous run.
+//!
+//! Shutdown ([`Server::shutdown`], on SIGTERM/SIGINT from `main`): see [`shutdown`].
 
 pub mod shutdown;
 pub mod signals;
