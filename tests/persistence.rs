@@ -240,3 +240,49 @@ fn a_corrupt_store_stops_start_up_naming_the_file() {
     assert_eq!(std::fs::read(&file).unwrap(), garbage, "left untouched");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Finished jobs leave the store after `--job-retention`: after a restart they are gone too.
+#[test]
+fn finished_jobs_leave_the_store_after_their_retention() {
+    let origin = MockOrigin::start(|_| {
+        let mut r = Reply::ok("late");
+        r.steps.insert(0, Step::Sleep(Duration::from_millis(100)));
+        r
+    });
+    let dir = temp_data_dir("retention");
+    let dir_text = dir.to_string_lossy().into_owned();
+    let flags = [
+        "--ingress-request-timeout-ms",
+        "20",
+        "--job-retention",
+        "1s",
+    ];
+    let sluice = start_with(&origin.url(), &dir_text, &flags);
+    let kept = sluice.connect().get("/crypto/sign?message=kept");
+    assert_eq!(kept.status, 202);
+    let id = kept.json()["id"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(400));
+    // Finished, and still there across a restart while within its retention.
+    drop(sluice);
+    let long = [
+        "--ingress-request-timeout-ms",
+        "20",
+        "--job-retention",
+        "1h",
+    ];
+    let sluice = start_with(&origin.url(), &dir_text, &long);
+    let status = sluice.connect().get(&format!("/_sluice/jobs/{id}"));
+    assert_eq!(status.json()["status"], "succeeded");
+    drop(sluice);
+    // Past its retention: swept from the store, so a restart no longer knows it.
+    let sluice = start_with(&origin.url(), &dir_text, &flags);
+    std::thread::sleep(Duration::from_millis(2500));
+    drop(sluice);
+    let sluice = start_with(&origin.url(), &dir_text, &long);
+    assert_eq!(
+        sluice.connect().get(&format!("/_sluice/jobs/{id}")).status,
+        404
+    );
+    drop(sluice);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -672,7 +672,17 @@ fn recover(shared: &Shared, recovered: crate::store::Recovered, previous_run: bo
 async fn sweep_jobs(worker: Rc<Worker>) {
     loop {
         monoio::time::sleep(JOB_SWEEP_INTERVAL).await;
-        worker.registry.sweep(std::time::SystemTime::now());
+        let now = std::time::SystemTime::now();
+        worker.registry.sweep(now);
+        // The store forgets them too (a job whose callback is still pending stays until the
+        // delivery settles): the data dir does not grow without bound.
+        if let Some(store) = &worker.store {
+            let before = now
+                .checked_sub(worker.config.executor.job_retention)
+                .unwrap_or(std::time::UNIX_EPOCH);
+            let finished_before_ms = crate::jobs::persist::unix_ms(before);
+            let _ = store.submit(crate::store::Op::Sweep { finished_before_ms });
+        }
     }
 }
 
