@@ -164,6 +164,7 @@ impl Limiter {
     /// Takes one send slot at `now`, or says when to try again: `Err(t)` with `t > now`, the
     /// earliest time a slot can be free as far as this limiter knows (`u64::MAX`: never).
     /// Another thread may take that slot first; try again then.
+    #[inline]
     pub fn try_acquire(&self, now: u64) -> Result<(), u64> {
         match &self.inner {
             Inner::Sliding(w) => w.try_acquire(now),
@@ -178,6 +179,7 @@ impl Limiter {
     /// call that uses it, and occupies its place until then or until another core takes it
     /// over after a short validity (at most 1 ms). A limiter that does not lease (token
     /// bucket, small limits, one worker) treats this as `try_acquire`.
+    #[inline]
     pub fn try_acquire_leased(&self, lease: &mut Lease, now: u64) -> Result<(), u64> {
         match &self.inner {
             Inner::Sliding(w) => w.try_acquire_leased(lease, now),

@@ -400,6 +400,7 @@ impl SlidingWindow {
     }
 
     /// The slot at ring position `pos` (`pos < N`, always: it is a remainder mod N).
+    #[inline]
     fn slot(&self, pos: u64) -> &AtomicU64 {
         let index = usize::try_from(pos).expect("a ring position fits usize: the ring does");
         &self.ring[index]
@@ -407,30 +408,36 @@ impl SlidingWindow {
 
     /// The slot at a position read from a lease or a record: `None` if out of the ring (only
     /// for a [`Lease`] passed to the wrong limiter).
+    #[inline]
     fn slot_at(&self, pos: u64) -> Option<&AtomicU64> {
         usize::try_from(pos).ok().and_then(|i| self.ring.get(i))
     }
 
     /// Lap parity of grant `k`.
+    #[inline]
     fn odd(&self, k: u64) -> bool {
         (k / self.n) % 2 == 1
     }
 
     /// Advances `seq` from `k` past grant `k` and the placed grants right behind it (a
     /// lease's run), if nobody has yet. Grant `k` must be placed.
+    #[inline]
     fn advance(&self, k: u64) {
         // 2^64 grants (584 years at a billion a second) would saturate rather than wrap.
         let mut end = k.saturating_add(1);
-        // Only a lease places grants ahead of `seq`, and at most M - 1 of them.
-        let reach = k.saturating_add(self.lease);
-        while end < reach && is_odd(self.slot(end % self.n).load(Acquire)) == self.odd(end) {
-            end += 1;
+        if self.lease > 1 {
+            // Only leases and look-ahead place grants ahead of `seq`, within the reach.
+            let reach = k.saturating_add(self.lease);
+            while end < reach && is_odd(self.slot(end % self.n).load(Acquire)) == self.odd(end) {
+                end += 1;
+            }
         }
         let _ = self.seq.0.compare_exchange(k, end, AcqRel, Acquire);
     }
 
     /// Step 1 of the design: a consistent view of the next grant's slot, helping a grant whose
     /// taker has not advanced `seq` yet.
+    #[inline]
     fn view(&self) -> View<'_> {
         loop {
             let k = self.seq.0.load(Acquire);
@@ -451,6 +458,7 @@ impl SlidingWindow {
 
     /// Places grant `k` as a send at `stamp` over grant `k - N`; `false` if another thread
     /// placed grant `k` first.
+    #[inline]
     fn claim(&self, view: &View<'_>, stamp: u64) -> bool {
         let won = view
             .slot
@@ -463,6 +471,7 @@ impl SlidingWindow {
     }
 
     /// When a caller that does not own it may replace slot value `slot`: `None` if unused.
+    #[inline]
     fn free_at(&self, slot: u64) -> Option<u64> {
         let hold = if is_leased(slot) {
             self.validity
@@ -472,19 +481,25 @@ impl SlidingWindow {
         time_of(slot).map(|t| t.saturating_add(hold))
     }
 
-    /// Whether slot value `slot` may be replaced at `now` by a caller that does not own it.
-    fn free_by(&self, slot: u64, now: u64) -> bool {
-        self.free_at(slot).map_or(true, |free| free <= now)
-    }
-
     /// A grant without a lease (or for a holder whose lease is unusable at `now`): the head,
     /// or if it is not free, the first free slot within reach.
+    #[inline]
     pub(crate) fn try_acquire(&self, now: u64) -> Result<(), u64> {
         let now = now.min(MAX_TIME);
+        if self.lease == 1 {
+            self.try_acquire_in_order(now)
+        } else {
+            self.try_acquire_within_reach(now)
+        }
+    }
+
+    /// [`SlidingWindow::try_acquire`] for a limiter that leases: the head, else look ahead.
+    #[inline(never)]
+    fn try_acquire_within_reach(&self, now: u64) -> Result<(), u64> {
         loop {
             let view = self.view();
             match self.free_at(view.cur) {
-                Some(free) if now < free => match self.look_ahead(&view, now, free, true) {
+                Some(free) if now < free => match self.look_ahead(&view, now, free, view.k, true) {
                     Some(outcome) => return outcome,
                     None => continue,
                 },
@@ -497,21 +512,42 @@ impl SlidingWindow {
         }
     }
 
-    /// Step 2 when the head is not free at `now` (it frees at `head_free`): with `take`, places
-    /// a send at `now` in the first free unplaced slot within reach (`seq + 1 .. seq + M`),
-    /// else tries to take over an expired lease on the board, else refuses with the earliest
-    /// free time among them. Without `take`, only that time (`now` if one is free now).
-    /// `None`: the view went stale, start over.
+    /// [`SlidingWindow::try_acquire`] for a limiter that does not lease (`M = 1`): no reach,
+    /// no board, and no slot ever holds a leased value; the head only, as before leases.
+    #[inline]
+    fn try_acquire_in_order(&self, now: u64) -> Result<(), u64> {
+        loop {
+            let view = self.view();
+            if let Some(last) = time_of(view.cur) {
+                let free = last.saturating_add(self.window);
+                if now < free {
+                    return Err(free);
+                }
+            }
+            if self.claim(&view, now) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Steps 3 and 4 when nothing up to grant `after` is free at `now` (the earliest of those
+    /// frees at `earliest`): with `take`, places a send at `now` in the first free unplaced
+    /// slot of the rest of the reach (`after + 1 .. seq + M`), else tries to take over an
+    /// expired lease on the board, else refuses with the earliest free time among them.
+    /// Without `take`, only that time (`now` if one is free now). `None`: the view went stale,
+    /// start over.
+    #[inline(never)]
     fn look_ahead(
         &self,
         view: &View<'_>,
         now: u64,
-        head_free: u64,
+        earliest: u64,
+        after: u64,
         take: bool,
     ) -> Option<Result<(), u64>> {
-        let mut earliest = head_free;
+        let mut earliest = earliest;
         let reach = view.k.saturating_add(self.lease);
-        for j in view.k.saturating_add(1)..reach {
+        for j in after.saturating_add(1)..reach {
             let slot = self.slot(j % self.n);
             let v = slot.load(Acquire);
             if is_odd(v) == self.odd(j) {
@@ -540,6 +576,7 @@ impl SlidingWindow {
 
     /// A grant for a lease holder: from its lease, or a new lease, or (no board record, no
     /// leases here) the shared path.
+    #[inline]
     pub(crate) fn try_acquire_leased(&self, lease: &mut Lease, now: u64) -> Result<(), u64> {
         let now = now.min(MAX_TIME);
         if lease.unused != 0 {
@@ -580,6 +617,7 @@ impl SlidingWindow {
 
     /// Sends from the holder's lease: its next leased slot still holding `expect` becomes
     /// `sent(now)`.
+    #[inline]
     fn use_lease(&self, lease: &mut Lease, now: u64) -> LeaseUse {
         let Some(leased_at) = time_of(lease.expect) else {
             self.retire(lease);
@@ -639,6 +677,7 @@ impl SlidingWindow {
 
     /// Takes a new lease at the head (see "Leases"): the head for this call if it is free,
     /// and every free unplaced slot behind it within the lease size and this lap.
+    #[inline(never)]
     fn take_lease(&self, lease: &mut Lease, entry: &AtomicU64, now: u64) -> Result<(), u64> {
         let size = match lease.size {
             0 => self.lease,
@@ -652,16 +691,20 @@ impl SlidingWindow {
             let first = pos + 1;
             // Within this lap (one `leased(now)` value fits the whole lease).
             let room = size.saturating_sub(1).min(self.n - first);
-            let mut free: u32 = 0;
+            let (mut free, mut earliest): (u32, u64) = (0, head_free);
             for (i, (j, value)) in (first..first + room).zip(ahead.iter_mut()).enumerate() {
                 *value = self.slot(j).load(Acquire);
-                if is_odd(*value) != view.odd && self.free_by(*value, now) {
-                    free |= 1 << i;
+                if is_odd(*value) != view.odd {
+                    match self.free_at(*value) {
+                        Some(at) if now < at => earliest = earliest.min(at),
+                        _ => free |= 1 << i,
+                    }
                 }
             }
             if now < head_free && free == 0 {
                 // Nothing to lease here; a single grant may still be free past the lap's end.
-                match self.look_ahead(&view, now, head_free, true) {
+                let scanned = view.k.saturating_add(room);
+                match self.look_ahead(&view, now, earliest, scanned, true) {
                     Some(outcome) => return outcome,
                     None => continue,
                 }
@@ -716,6 +759,7 @@ impl SlidingWindow {
     /// lease"): with `take`, CASes the first one found to `sent(now)` and returns `Ok`.
     /// Otherwise `Err` with the earliest time one frees (`<= now` if one is free now without
     /// `take`; `u64::MAX` if there is none). Clears records whose runs hold no leased slot.
+    #[inline(never)]
     fn scan_board(&self, now: u64, take: bool) -> Result<(), u64> {
         let mut earliest = u64::MAX;
         for entry in self.board.iter() {
@@ -762,7 +806,7 @@ impl SlidingWindow {
                 Some(free) if now < free => free,
                 _ => return now,
             };
-            match self.look_ahead(&view, now, head_free, false) {
+            match self.look_ahead(&view, now, head_free, view.k, false) {
                 Some(Err(free)) => return free.max(now),
                 Some(Ok(())) => return now,
                 None => continue,
