@@ -149,10 +149,11 @@
 //!
 //! # Costs
 //!
-//! A grant from a lease is one CAS on a line this core alone writes; a lease of m grants adds
-//! m + 1 CASes on the ring, one on `seq` and a store to the board. A refusal is the head, the
-//! reach (M slots, M <= 32: up to 256 contiguous bytes) and one load per board record, plus
-//! the slots of leases met there. Without leases it stays three loads.
+//! Taking a lease of m grants is m CASes on the ring (the head, this call's grant, and m - 1
+//! slots behind it), one CAS on `seq` and a store to the board; each of the m - 1 leased
+//! grants then costs one CAS on a line this core alone writes. A refusal reads the head, the
+//! reach (M slots, M <= 32: up to 256 contiguous bytes) and one board record per worker, plus
+//! a slot of each lease met there. Without leases it stays three loads.
 //!
 //! A leased slot's place in the ring is its lease time `l`, its send time is later: at most
 //! about V later normally (owners size leases to V; take-overs happen at `l + V` when the
@@ -820,7 +821,11 @@ impl SlidingWindow {
         let usable = lease.unused != 0
             && time_of(lease.expect).is_some_and(|leased_at| leased_at <= now)
             && self
-                .slot_at(lease.first + u64::from(lease.unused.trailing_zeros()))
+                .slot_at(
+                    lease
+                        .first
+                        .saturating_add(u64::from(lease.unused.trailing_zeros())),
+                )
                 .is_some_and(|slot| slot.load(Acquire) == lease.expect);
         if usable {
             now
