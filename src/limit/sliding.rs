@@ -537,7 +537,6 @@ impl SlidingWindow {
     /// expired lease on the board, else refuses with the earliest free time among them.
     /// Without `take`, only that time (`now` if one is free now). `None`: the view went stale,
     /// start over.
-    #[inline(never)]
     fn look_ahead(
         &self,
         view: &View<'_>,
@@ -678,7 +677,6 @@ impl SlidingWindow {
 
     /// Takes a new lease at the head (see "Leases"): the head for this call if it is free,
     /// and every free unplaced slot behind it within the lease size and this lap.
-    #[inline(never)]
     fn take_lease(&self, lease: &mut Lease, entry: &AtomicU64, now: u64) -> Result<(), u64> {
         let size = match lease.size {
             0 => self.lease,
@@ -760,7 +758,6 @@ impl SlidingWindow {
     /// lease"): with `take`, CASes the first one found to `sent(now)` and returns `Ok`.
     /// Otherwise `Err` with the earliest time one frees (`<= now` if one is free now without
     /// `take`; `u64::MAX` if there is none). Clears records whose runs hold no leased slot.
-    #[inline(never)]
     fn scan_board(&self, now: u64, take: bool) -> Result<(), u64> {
         let mut earliest = u64::MAX;
         for entry in self.board.iter() {
