@@ -10,8 +10,8 @@
 //! - `sliding-window` (`sliding.rs`): exact. In no rolling PERIOD + margin are more than N sends
 //!   granted, counted at the `now` of the caller that sends, summed over all threads, whatever
 //!   the interleaving. A ring of the last N send times; a grant is one CAS on a ring slot plus
-//!   one CAS on a sequence counter. For large limits a worker leases a short run of ring slots
-//!   in one trip and then sends from it with one CAS on a slot no other core is using
+//!   one CAS on a sequence counter. For large limits a worker leases a few ring slots in one
+//!   trip and then sends from them with one CAS on a slot no other core is using
 //!   ([`Limiter::try_acquire_leased`]); small limits (such as the default `10/1m`) never lease.
 //! - `token-bucket` (`bucket.rs`): GCRA on one atomic; a burst of N, then N per PERIOD. Not
 //!   leased: GCRA's state is one time, not per-grant records, so it cannot count a leased grant
@@ -164,6 +164,7 @@ impl Limiter {
     /// Takes one send slot at `now`, or says when to try again: `Err(t)` with `t > now`, the
     /// earliest time a slot can be free as far as this limiter knows (`u64::MAX`: never).
     /// Another thread may take that slot first; try again then.
+    #[inline]
     pub fn try_acquire(&self, now: u64) -> Result<(), u64> {
         match &self.inner {
             Inner::Sliding(w) => w.try_acquire(now),
@@ -173,11 +174,13 @@ impl Limiter {
 
     /// [`Limiter::try_acquire`] for a caller that keeps `lease` on this limiter (one per core
     /// and limiter): sends from the lease if it has a grant left, else takes a new lease (a
-    /// batch of [`Limiter::lease_size`] grants, this call's among them) from the shared state.
+    /// batch of up to [`Limiter::lease_size`] grants, this call's among them, sized to what
+    /// this caller sends in one validity) from the shared state.
     /// The same exactness: a leased grant counts as a send only once used, at the `now` of the
     /// call that uses it, and occupies its place until then or until another core takes it
     /// over after a short validity (at most 1 ms). A limiter that does not lease (token
     /// bucket, small limits, one worker) treats this as `try_acquire`.
+    #[inline]
     pub fn try_acquire_leased(&self, lease: &mut Lease, now: u64) -> Result<(), u64> {
         match &self.inner {
             Inner::Sliding(w) => w.try_acquire_leased(lease, now),

@@ -149,10 +149,11 @@
 //!
 //! # Costs
 //!
-//! A grant from a lease is one CAS on a line this core alone writes; a lease of m grants adds
-//! m + 1 CASes on the ring, one on `seq` and a store to the board. A refusal is the head, the
-//! reach (M slots, M <= 32: up to 256 contiguous bytes) and one load per board record, plus
-//! the slots of leases met there. Without leases it stays three loads.
+//! Taking a lease of m grants is m CASes on the ring (the head, this call's grant, and m - 1
+//! slots behind it), one CAS on `seq` and a store to the board; each of the m - 1 leased
+//! grants then costs one CAS on a line this core alone writes. A refusal reads the head, the
+//! reach (M slots, M <= 32: up to 256 contiguous bytes) and one board record per worker, plus
+//! a slot of each lease met there. Without leases it stays three loads.
 //!
 //! A leased slot's place in the ring is its lease time `l`, its send time is later: at most
 //! about V later normally (owners size leases to V; take-overs happen at `l + V` when the
@@ -400,6 +401,7 @@ impl SlidingWindow {
     }
 
     /// The slot at ring position `pos` (`pos < N`, always: it is a remainder mod N).
+    #[inline]
     fn slot(&self, pos: u64) -> &AtomicU64 {
         let index = usize::try_from(pos).expect("a ring position fits usize: the ring does");
         &self.ring[index]
@@ -407,30 +409,36 @@ impl SlidingWindow {
 
     /// The slot at a position read from a lease or a record: `None` if out of the ring (only
     /// for a [`Lease`] passed to the wrong limiter).
+    #[inline]
     fn slot_at(&self, pos: u64) -> Option<&AtomicU64> {
         usize::try_from(pos).ok().and_then(|i| self.ring.get(i))
     }
 
     /// Lap parity of grant `k`.
+    #[inline]
     fn odd(&self, k: u64) -> bool {
         (k / self.n) % 2 == 1
     }
 
     /// Advances `seq` from `k` past grant `k` and the placed grants right behind it (a
     /// lease's run), if nobody has yet. Grant `k` must be placed.
+    #[inline]
     fn advance(&self, k: u64) {
         // 2^64 grants (584 years at a billion a second) would saturate rather than wrap.
         let mut end = k.saturating_add(1);
-        // Only a lease places grants ahead of `seq`, and at most M - 1 of them.
-        let reach = k.saturating_add(self.lease);
-        while end < reach && is_odd(self.slot(end % self.n).load(Acquire)) == self.odd(end) {
-            end += 1;
+        if self.lease > 1 {
+            // Only leases and look-ahead place grants ahead of `seq`, within the reach.
+            let reach = k.saturating_add(self.lease);
+            while end < reach && is_odd(self.slot(end % self.n).load(Acquire)) == self.odd(end) {
+                end += 1;
+            }
         }
         let _ = self.seq.0.compare_exchange(k, end, AcqRel, Acquire);
     }
 
     /// Step 1 of the design: a consistent view of the next grant's slot, helping a grant whose
     /// taker has not advanced `seq` yet.
+    #[inline]
     fn view(&self) -> View<'_> {
         loop {
             let k = self.seq.0.load(Acquire);
@@ -451,6 +459,7 @@ impl SlidingWindow {
 
     /// Places grant `k` as a send at `stamp` over grant `k - N`; `false` if another thread
     /// placed grant `k` first.
+    #[inline]
     fn claim(&self, view: &View<'_>, stamp: u64) -> bool {
         let won = view
             .slot
@@ -463,6 +472,7 @@ impl SlidingWindow {
     }
 
     /// When a caller that does not own it may replace slot value `slot`: `None` if unused.
+    #[inline]
     fn free_at(&self, slot: u64) -> Option<u64> {
         let hold = if is_leased(slot) {
             self.validity
@@ -472,19 +482,25 @@ impl SlidingWindow {
         time_of(slot).map(|t| t.saturating_add(hold))
     }
 
-    /// Whether slot value `slot` may be replaced at `now` by a caller that does not own it.
-    fn free_by(&self, slot: u64, now: u64) -> bool {
-        self.free_at(slot).is_none_or(|free| free <= now)
-    }
-
     /// A grant without a lease (or for a holder whose lease is unusable at `now`): the head,
     /// or if it is not free, the first free slot within reach.
+    #[inline]
     pub(crate) fn try_acquire(&self, now: u64) -> Result<(), u64> {
         let now = now.min(MAX_TIME);
+        if self.lease == 1 {
+            self.try_acquire_in_order(now)
+        } else {
+            self.try_acquire_within_reach(now)
+        }
+    }
+
+    /// [`SlidingWindow::try_acquire`] for a limiter that leases: the head, else look ahead.
+    #[inline(never)]
+    fn try_acquire_within_reach(&self, now: u64) -> Result<(), u64> {
         loop {
             let view = self.view();
             match self.free_at(view.cur) {
-                Some(free) if now < free => match self.look_ahead(&view, now, free, true) {
+                Some(free) if now < free => match self.look_ahead(&view, now, free, view.k, true) {
                     Some(outcome) => return outcome,
                     None => continue,
                 },
@@ -497,21 +513,41 @@ impl SlidingWindow {
         }
     }
 
-    /// Step 2 when the head is not free at `now` (it frees at `head_free`): with `take`, places
-    /// a send at `now` in the first free unplaced slot within reach (`seq + 1 .. seq + M`),
-    /// else tries to take over an expired lease on the board, else refuses with the earliest
-    /// free time among them. Without `take`, only that time (`now` if one is free now).
-    /// `None`: the view went stale, start over.
+    /// [`SlidingWindow::try_acquire`] for a limiter that does not lease (`M = 1`): no reach,
+    /// no board, and no slot ever holds a leased value; the head only, as before leases.
+    #[inline]
+    fn try_acquire_in_order(&self, now: u64) -> Result<(), u64> {
+        loop {
+            let view = self.view();
+            if let Some(last) = time_of(view.cur) {
+                let free = last.saturating_add(self.window);
+                if now < free {
+                    return Err(free);
+                }
+            }
+            if self.claim(&view, now) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Steps 3 and 4 when nothing up to grant `after` is free at `now` (the earliest of those
+    /// frees at `earliest`): with `take`, places a send at `now` in the first free unplaced
+    /// slot of the rest of the reach (`after + 1 .. seq + M`), else tries to take over an
+    /// expired lease on the board, else refuses with the earliest free time among them.
+    /// Without `take`, only that time (`now` if one is free now). `None`: the view went stale,
+    /// start over.
     fn look_ahead(
         &self,
         view: &View<'_>,
         now: u64,
-        head_free: u64,
+        earliest: u64,
+        after: u64,
         take: bool,
     ) -> Option<Result<(), u64>> {
-        let mut earliest = head_free;
+        let mut earliest = earliest;
         let reach = view.k.saturating_add(self.lease);
-        for j in view.k.saturating_add(1)..reach {
+        for j in after.saturating_add(1)..reach {
             let slot = self.slot(j % self.n);
             let v = slot.load(Acquire);
             if is_odd(v) == self.odd(j) {
@@ -540,6 +576,7 @@ impl SlidingWindow {
 
     /// A grant for a lease holder: from its lease, or a new lease, or (no board record, no
     /// leases here) the shared path.
+    #[inline]
     pub(crate) fn try_acquire_leased(&self, lease: &mut Lease, now: u64) -> Result<(), u64> {
         let now = now.min(MAX_TIME);
         if lease.unused != 0 {
@@ -580,6 +617,7 @@ impl SlidingWindow {
 
     /// Sends from the holder's lease: its next leased slot still holding `expect` becomes
     /// `sent(now)`.
+    #[inline]
     fn use_lease(&self, lease: &mut Lease, now: u64) -> LeaseUse {
         let Some(leased_at) = time_of(lease.expect) else {
             self.retire(lease);
@@ -652,16 +690,20 @@ impl SlidingWindow {
             let first = pos + 1;
             // Within this lap (one `leased(now)` value fits the whole lease).
             let room = size.saturating_sub(1).min(self.n - first);
-            let mut free: u32 = 0;
+            let (mut free, mut earliest): (u32, u64) = (0, head_free);
             for (i, (j, value)) in (first..first + room).zip(ahead.iter_mut()).enumerate() {
                 *value = self.slot(j).load(Acquire);
-                if is_odd(*value) != view.odd && self.free_by(*value, now) {
-                    free |= 1 << i;
+                if is_odd(*value) != view.odd {
+                    match self.free_at(*value) {
+                        Some(at) if now < at => earliest = earliest.min(at),
+                        _ => free |= 1 << i,
+                    }
                 }
             }
             if now < head_free && free == 0 {
                 // Nothing to lease here; a single grant may still be free past the lap's end.
-                match self.look_ahead(&view, now, head_free, true) {
+                let scanned = view.k.saturating_add(room);
+                match self.look_ahead(&view, now, earliest, scanned, true) {
                     Some(outcome) => return outcome,
                     None => continue,
                 }
@@ -762,7 +804,7 @@ impl SlidingWindow {
                 Some(free) if now < free => free,
                 _ => return now,
             };
-            match self.look_ahead(&view, now, head_free, false) {
+            match self.look_ahead(&view, now, head_free, view.k, false) {
                 Some(Err(free)) => return free.max(now),
                 Some(Ok(())) => return now,
                 None => continue,
@@ -776,7 +818,11 @@ impl SlidingWindow {
         let usable = lease.unused != 0
             && time_of(lease.expect).is_some_and(|leased_at| leased_at <= now)
             && self
-                .slot_at(lease.first + u64::from(lease.unused.trailing_zeros()))
+                .slot_at(
+                    lease
+                        .first
+                        .saturating_add(u64::from(lease.unused.trailing_zeros())),
+                )
                 .is_some_and(|slot| slot.load(Acquire) == lease.expect);
         if usable {
             now
