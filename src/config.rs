@@ -524,6 +524,10 @@ pub struct Config {
     pub groups: Vec<GroupSpec>,
     /// The config file, if any (what SIGHUP re-reads).
     pub config_file: Option<PathBuf>,
+    /// Whether the endpoints come from `--paths`/`paths` (not `[[endpoint]]` tables).
+    pub endpoints_from_paths: bool,
+    /// Whether `--rate-limit-margin-ms` was set (else each limiter uses its own default).
+    pub rate_limit_margin_given: bool,
 }
 
 /// Validated settings of one endpoint (an allowlist entry).
@@ -765,6 +769,8 @@ impl TryFrom<Cli> for Config {
             shutdown_grace,
             endpoints,
             groups,
+            endpoints_from_paths: cli.paths.is_some(),
+            rate_limit_margin_given: cli.rate_limit_margin_ms.is_some(),
             config_file: cli.config,
         })
     }
