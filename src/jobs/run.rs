@@ -102,7 +102,7 @@ pub struct JobRequest {
     pub limiter: usize,
     /// The route table the request was matched with: the job keeps its settings to the end,
     /// whatever a reload changes meanwhile.
-    pub routes: Rc<Arc<crate::routing::Routes>>,
+    pub routes: Rc<crate::routing::CoreRoutes>,
     /// The endpoint (allowlist index of `routes`).
     pub endpoint: usize,
     pub method: Method,
@@ -167,7 +167,7 @@ pub struct JobCell {
     /// The limiter the job's attempts take slots from (a number of `routes`' limiters).
     limiter: Cell<usize>,
     /// The route table the job started with (`None` until set: then the worker's current).
-    routes: RefCell<Option<Rc<Arc<crate::routing::Routes>>>>,
+    routes: RefCell<Option<Rc<crate::routing::CoreRoutes>>>,
     /// The job's endpoint in `routes`; `None` for a job resumed from the store (it runs
     /// with the global retry policy).
     endpoint: Cell<Option<usize>>,
@@ -289,7 +289,7 @@ impl JobCell {
     /// Writes the whole job to the store (a deferral or a new callback); the returned commit
     /// is awaited before a 202 promises anything. `None` without a store.
     /// The route table of this job.
-    fn routes(&self, worker: &Worker) -> Rc<Arc<crate::routing::Routes>> {
+    fn routes(&self, worker: &Worker) -> Rc<crate::routing::CoreRoutes> {
         match &*self.routes.borrow() {
             Some(r) => r.clone(),
             None => worker.routes(),

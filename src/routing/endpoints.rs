@@ -20,6 +20,20 @@ use crate::limit::{Limiter, Registry, Scope, ORIGIN_LIMITER};
 
 use super::Allowlist;
 
+/// A core's handle on a route table. Held as `Rc<CoreRoutes>`: a request or job takes it
+/// with a non-atomic count on this core's own allocation, never touching the shared `Arc`'s
+/// counter (a cache line all cores would fight over).
+#[derive(Debug)]
+pub struct CoreRoutes(pub Arc<Routes>);
+
+impl std::ops::Deref for CoreRoutes {
+    type Target = Routes;
+
+    fn deref(&self) -> &Routes {
+        &self.0
+    }
+}
+
 /// Run-time settings of one endpoint.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
@@ -169,5 +183,63 @@ impl Routes {
     /// If `i` is not an index of this table's allowlist (they come from its own match).
     pub fn endpoint(&self, i: usize) -> &Endpoint {
         &self.endpoints[i]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        let dir = std::env::temp_dir().join(format!(
+            "sluice-routes-{}-{}",
+            std::process::id(),
+            text.len()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sluice.toml");
+        std::fs::write(
+            &path,
+            format!("token = \"t\"\norigin = \"http://127.0.0.1:9\"\nworkers = 2\n{text}"),
+        )
+        .unwrap();
+        Config::from_args(["sluice", "--config", path.to_str().unwrap()]).unwrap()
+    }
+
+    #[test]
+    fn reload_keeps_unchanged_limiters_and_replaces_changed_ones() {
+        let one = config(
+            "[[endpoint]]\npath = \"/a\"\nrate_limit = \"2/1s\"\n\
+             [[endpoint]]\npath = \"/b\"\ngroup = \"g\"\nmethods = [\"GET\", \"POST\"]\n\
+             [group.g]\nrate_limit = \"5/1s\"\n",
+        );
+        let first = Routes::build(&one, None).unwrap();
+        assert_eq!(first.limiters.len(), 2);
+        assert_eq!(&*first.endpoint(1).allow, "GET, POST");
+        assert!(first.endpoint(1).allows(Method::Post) && !first.endpoint(1).allows(Method::Put));
+        assert!(first.endpoint(0).allows(Method::Other));
+        let two = config(
+            "[[endpoint]]\npath = \"/a\"\nrate_limit = \"1/1s\"\n\
+             [[endpoint]]\npath = \"/b\"\ngroup = \"g\"\n\
+             [[endpoint]]\npath = \"/c\"\ngroup = \"g\"\n\
+             [group.g]\nrate_limit = \"5/1s\"\n",
+        );
+        let second = Routes::build(&two, Some(&first)).unwrap();
+        let g_old = first.limiters.index_of("g").unwrap();
+        let g_new = second.limiters.index_of("g").unwrap();
+        assert!(Arc::ptr_eq(
+            first.limiters.shared(g_old),
+            second.limiters.shared(g_new)
+        ));
+        assert_eq!(first.limiters.queue(g_old), second.limiters.queue(g_new));
+        let a_old = first.limiters.index_of("/a").unwrap();
+        let a_new = second.limiters.index_of("/a").unwrap();
+        assert!(!Arc::ptr_eq(
+            first.limiters.shared(a_old),
+            second.limiters.shared(a_new)
+        ));
+        // A new limiter gets a wait queue no earlier limiter had.
+        assert_eq!(second.limiters.queue(a_new), first.limiters.queue_count());
+        assert_eq!(second.limiters.for_endpoint(2).0, g_new);
     }
 }

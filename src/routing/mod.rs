@@ -7,4 +7,4 @@ pub mod allowlist;
 pub mod endpoints;
 
 pub use allowlist::Allowlist;
-pub use endpoints::{Endpoint, Routes};
+pub use endpoints::{CoreRoutes, Endpoint, Routes};

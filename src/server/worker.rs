@@ -119,7 +119,7 @@ pub struct Worker {
     routes_slot: Arc<RoutesSlot>,
     /// This core's copy of the current route table (an `Rc`, so a job takes it without
     /// touching a shared cache line) and the generation it is from.
-    routes: RefCell<Rc<Arc<Routes>>>,
+    routes: RefCell<Rc<crate::routing::CoreRoutes>>,
     routes_generation: Cell<u64>,
     pub registry: Arc<Registry>,
     /// This core's webhook sender: deliveries of jobs that ended here run as tasks on this
@@ -173,7 +173,7 @@ impl Worker {
             id,
             upstream: shared.upstream.clone(),
             routes_generation: Cell::new(shared.routes.generation()),
-            routes: RefCell::new(Rc::new(shared.routes.current())),
+            routes: RefCell::new(Rc::new(crate::routing::CoreRoutes(shared.routes.current()))),
             routes_slot: shared.routes.clone(),
             registry: shared.registry.clone(),
             webhooks,
@@ -199,10 +199,11 @@ impl Worker {
 
     /// The route table for a new request: this core's copy, refreshed first when a reload
     /// replaced the shared one.
-    pub fn routes(&self) -> Rc<Arc<Routes>> {
+    pub fn routes(&self) -> Rc<crate::routing::CoreRoutes> {
         let generation = self.routes_slot.generation();
         if generation != self.routes_generation.get() {
-            *self.routes.borrow_mut() = Rc::new(self.routes_slot.current());
+            *self.routes.borrow_mut() =
+                Rc::new(crate::routing::CoreRoutes(self.routes_slot.current()));
             self.routes_generation.set(generation);
         }
         self.routes.borrow().clone()
