@@ -6,6 +6,11 @@
 //! non-zero limits) and produces durations, a compiled allowlist and a parsed origin. Each
 //! failure is one line that names the flag, so a bad start-up never prints a wall of text.
 //!
+//! With `--config FILE`, `Config::from_args` first fills every flag not given on the command
+//! line from the file (`crate::config_file`), then validates as above; an error about a value
+//! from the file names its key there (`sluice.toml: rate_limit: ...`,
+//! `sluice.toml: endpoint[2].rate_limit: ...`, endpoints counted from 1).
+//!
 //! Not here: resolving the origin's address and loading TLS roots into rustls happen in
 //! `upstream` (still at start-up, never on an I/O thread).
 

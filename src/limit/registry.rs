@@ -2,11 +2,10 @@
 //! endpoint draws from. Built once at start-up and shared by all workers through an `Arc`;
 //! lookups are two indexings.
 //!
-//! Today it is built from the flags ([`Registry::new`]: one limiter per endpoint, or one for
-//! the whole origin). A configuration file will add per-endpoint limits and named groups of
-//! endpoints sharing one budget; it builds its limiters and the endpoint map itself and hands
-//! them to [`Registry::from_parts`], which checks them (built with
-//! [`Limiter::with_workers`] so that they lease; see `super`).
+//! [`Registry::new`] builds one limiter per endpoint, or one for the whole origin.
+//! `crate::routing::Routes` builds the process's registry from the configuration (per-endpoint
+//! limits, named groups) with [`Registry::from_shared`]: limiters are `Arc`s so that a reload
+//! carries an unchanged one over, and each has a wait-queue number that stays with it.
 //!
 //! Not here: the allowlist that numbers the endpoints (`crate::routing`), waiting for a slot.
 
