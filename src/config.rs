@@ -6,6 +6,11 @@
 //! non-zero limits) and produces durations, a compiled allowlist and a parsed origin. Each
 //! failure is one line that names the flag, so a bad start-up never prints a wall of text.
 //!
+//! With `--config FILE`, `Config::from_args` first fills every flag not given on the command
+//! line from the file (`crate::config_file`), then validates as above; an error about a value
+//! from the file names its key there (`sluice.toml: rate_limit: ...`,
+//! `sluice.toml: endpoint[2].rate_limit: ...`, endpoints counted from 1).
+//!
 //! Not here: resolving the origin's address and loading TLS roots into rustls happen in
 //! `upstream` (still at start-up, never on an I/O thread).
 
@@ -45,13 +50,13 @@ pub struct Cli {
         env = "SLUICE_TOKEN",
         hide_env_values = true
     )]
-    pub token: String,
+    pub token: Option<String>,
 
     /// Comma-separated allowlist of paths to forward, e.g. "/crypto/sign,/crypto/verify". Exact
     /// match on the decoded path; a trailing "/*" makes a prefix ("/v1/*" forwards "/v1/...").
     /// Everything else answers 404.
     #[arg(long = "paths")]
-    pub paths: String,
+    pub paths: Option<String>,
 
     /// Port to listen on (0 picks a free port, printed at start-up).
     #[arg(short = 'p', long = "port", default_value_t = 8080)]
@@ -59,7 +64,7 @@ pub struct Cli {
 
     /// Origin URL, http:// or https://. A path in it is prepended to every forwarded path.
     #[arg(short = 'o', long = "origin")]
-    pub origin: String,
+    pub origin: Option<String>,
 
     /// Deadline for answering a caller (rate-limit wait plus upstream call), in milliseconds.
     /// Accepted now; the job executor uses it.
@@ -247,19 +252,39 @@ pub struct Cli {
     /// once.
     #[arg(long = "shutdown-grace", default_value = "30s")]
     pub shutdown_grace: String,
+
+    /// TOML file with any of these settings (keys are the long flag names in snake_case) plus
+    /// `[[endpoint]]` tables with per-endpoint settings. Flags override the file. SIGHUP
+    /// re-reads it. See sluice.example.toml.
+    #[arg(long = "config")]
+    pub config: Option<PathBuf>,
+
+    /// The file's `[[endpoint]]` tables (replaced by `--paths` given as a flag).
+    #[arg(skip)]
+    pub file_endpoints: Vec<crate::config_file::EndpointTable>,
+
+    /// The file's `[group.<name>]` tables.
+    #[arg(skip)]
+    pub file_groups: std::collections::BTreeMap<String, crate::config_file::GroupTable>,
+
+    /// Whether `paths` came from the file (not the command line).
+    #[arg(skip)]
+    pub paths_from_file: bool,
 }
 
 /// A start-up configuration error: which flag, and what is wrong with it. Displays as one line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
-    pub flag: &'static str,
+    /// The flag (`--rate-limit`) or, for per-endpoint settings, the file key
+    /// (`endpoint[2].rate_limit`, counting from 1).
+    pub flag: std::borrow::Cow<'static, str>,
     pub message: String,
 }
 
 impl ConfigError {
-    fn new(flag: &'static str, message: impl Into<String>) -> Self {
+    fn new(flag: impl Into<std::borrow::Cow<'static, str>>, message: impl Into<String>) -> Self {
         ConfigError {
-            flag,
+            flag: flag.into(),
             message: message.into(),
         }
     }
@@ -498,6 +523,49 @@ pub struct Config {
     pub idempotency_key: bool,
     /// How long a graceful shutdown waits for waiting clients.
     pub shutdown_grace: Duration,
+    /// Settings of each allowlist entry, in allowlist order.
+    pub endpoints: Vec<EndpointSpec>,
+    /// Named shared rate limits (`[group.<name>]`).
+    pub groups: Vec<GroupSpec>,
+    /// The config file, if any (what SIGHUP re-reads).
+    pub config_file: Option<PathBuf>,
+    /// Whether the endpoints come from `--paths`/`paths` (not `[[endpoint]]` tables).
+    pub endpoints_from_paths: bool,
+    /// Whether `--rate-limit-margin-ms` was set (else each limiter uses its own default).
+    pub rate_limit_margin_given: bool,
+}
+
+/// Validated settings of one endpoint (an allowlist entry).
+#[derive(Debug, Clone)]
+pub struct EndpointSpec {
+    /// As in the allowlist: exact, or a prefix ending in `/*`.
+    pub path: String,
+    /// Bit `1 << (method as u16)` for each allowed method; 0 allows any method.
+    pub methods: u16,
+    pub limit: LimitChoice,
+    pub retry: crate::jobs::backoff::RetryPolicy,
+    pub dedup: DedupMode,
+    /// How long the client waits for the answer before it gets a 202.
+    pub deadline: Duration,
+}
+
+/// Where an endpoint's rate limit comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitChoice {
+    /// The global `--rate-limit` under `--rate-limit-scope`.
+    Global,
+    /// Its own limit.
+    Own(crate::limit::RateSpec, crate::limit::Algorithm),
+    /// The `[group.<name>]` of this name.
+    Group(String),
+}
+
+/// A `[group.<name>]`: a rate limit shared by the endpoints naming it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSpec {
+    pub name: String,
+    pub spec: crate::limit::RateSpec,
+    pub algorithm: crate::limit::Algorithm,
 }
 
 /// Settings of the job executor (rate limits, retries, job lifetime).
@@ -558,12 +626,35 @@ fn millis(flag: &'static str, ms: u64) -> Result<Duration, ConfigError> {
 impl TryFrom<Cli> for Config {
     type Error = ConfigError;
 
-    fn try_from(cli: Cli) -> Result<Config, ConfigError> {
-        if cli.token.is_empty() {
+    fn try_from(mut cli: Cli) -> Result<Config, ConfigError> {
+        let has_file_endpoints = cli.paths.is_none() && !cli.file_endpoints.is_empty();
+        let missing: Vec<&str> = [
+            ("--token <TOKEN>", cli.token.is_none()),
+            (
+                "--paths <PATHS>",
+                cli.paths.is_none() && !has_file_endpoints,
+            ),
+            ("--origin <ORIGIN>", cli.origin.is_none()),
+        ]
+        .iter()
+        .filter(|(_, m)| *m)
+        .map(|(f, _)| *f)
+        .collect();
+        if !missing.is_empty() {
+            return Err(ConfigError::new(
+                "missing",
+                format!(
+                    "the following required arguments were not provided: {}",
+                    missing.join(" ")
+                ),
+            ));
+        }
+        let token = cli.token.take().unwrap_or_default();
+        let origin_text = cli.origin.take().unwrap_or_default();
+        if token.is_empty() {
             return Err(ConfigError::new("--token", "must not be empty"));
         }
-        if cli
-            .token
+        if token
             .bytes()
             .any(|b| b == b'\r' || b == b'\n' || b == 0 || (b < b' ' && b != b'\t') || b == 0x7f)
         {
@@ -572,8 +663,13 @@ impl TryFrom<Cli> for Config {
                 "must not contain control characters (it is sent as a header value)",
             ));
         }
-        let allowlist = Allowlist::parse(&cli.paths).map_err(|e| ConfigError::new("--paths", e))?;
-        let origin = Origin::parse(&cli.origin).map_err(|e| ConfigError::new("--origin", e))?;
+        let (allowlist, endpoints, groups) = endpoint_specs(&cli, &executor_config(&cli)?, {
+            millis(
+                "--ingress-request-timeout-ms",
+                cli.ingress_request_timeout_ms,
+            )?
+        })?;
+        let origin = Origin::parse(&origin_text).map_err(|e| ConfigError::new("--origin", e))?;
         let listen: IpAddr = cli.listen.parse().map_err(|_| {
             ConfigError::new(
                 "--listen",
@@ -659,7 +755,7 @@ impl TryFrom<Cli> for Config {
             ));
         }
         Ok(Config {
-            token: Secret(cli.token),
+            token: Secret(token),
             allowlist,
             listen,
             port: cli.port,
@@ -676,8 +772,187 @@ impl TryFrom<Cli> for Config {
             data_dir: (!cli.no_persist).then_some(cli.data_dir),
             idempotency_key,
             shutdown_grace,
+            endpoints,
+            groups,
+            endpoints_from_paths: cli.paths.is_some(),
+            rate_limit_margin_given: cli.rate_limit_margin_ms.is_some(),
+            config_file: cli.config,
         })
     }
+}
+
+/// The allowlist and per-endpoint settings: from `--paths` (a flag, or `paths` in the file
+/// when it has no `[[endpoint]]`), every endpoint with the global settings; else from the
+/// file's `[[endpoint]]` tables, whose absent keys take the global settings.
+fn endpoint_specs(
+    cli: &Cli,
+    ex: &ExecutorConfig,
+    deadline: Duration,
+) -> Result<(Allowlist, Vec<EndpointSpec>, Vec<GroupSpec>), ConfigError> {
+    use crate::limit::{Algorithm, RateSpec};
+    let mut groups = Vec::new();
+    for (name, table) in &cli.file_groups {
+        let key = |k: &str| format!("group.{name}.{k}");
+        if name.is_empty()
+            || name == crate::limit::ORIGIN_LIMITER
+            || name.starts_with("endpoint-")
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(ConfigError::new(
+                format!("group.{name}"),
+                "a group name is letters, digits, '-' and '_', and not \"origin\" or \"endpoint-*\"",
+            ));
+        }
+        let spec = RateSpec::parse(&table.rate_limit)
+            .map_err(|e| ConfigError::new(key("rate_limit"), e))?;
+        let algorithm = match &table.algorithm {
+            Some(a) => Algorithm::parse(a).map_err(|e| ConfigError::new(key("algorithm"), e))?,
+            None => ex.rate_limit_algorithm,
+        };
+        groups.push(GroupSpec {
+            name: name.clone(),
+            spec,
+            algorithm,
+        });
+    }
+    let global = |path: &str| EndpointSpec {
+        path: path.to_string(),
+        methods: 0,
+        limit: LimitChoice::Global,
+        retry: ex.retry.clone(),
+        dedup: ex.dedup,
+        deadline,
+    };
+    if let Some(paths) = &cli.paths {
+        if !cli.file_endpoints.is_empty() && cli.paths_from_file {
+            return Err(ConfigError::new(
+                "--paths",
+                "the config file has both `paths` and [[endpoint]] tables: keep one",
+            ));
+        }
+        let allowlist = Allowlist::parse(paths).map_err(|e| ConfigError::new("--paths", e))?;
+        let endpoints = (0..allowlist.len())
+            .map(|i| global(allowlist.entry(i)))
+            .collect();
+        return Ok((allowlist, endpoints, groups));
+    }
+    let mut endpoints = Vec::with_capacity(cli.file_endpoints.len());
+    for (n, table) in cli.file_endpoints.iter().enumerate() {
+        let key = |k: &str| format!("endpoint[{}].{k}", n + 1);
+        if table.path.contains(',') {
+            return Err(ConfigError::new(key("path"), "must not contain ','"));
+        }
+        Allowlist::parse(&table.path).map_err(|e| ConfigError::new(key("path"), e))?;
+        let mut spec = global(&table.path);
+        if let Some(methods) = &table.methods {
+            if methods.is_empty() {
+                return Err(ConfigError::new(
+                    key("methods"),
+                    "must list at least one method (leave it out to allow any)",
+                ));
+            }
+            for m in methods {
+                let method = crate::http::request::Method::from_bytes(m.as_bytes());
+                if method == crate::http::request::Method::Other {
+                    return Err(ConfigError::new(
+                        key("methods"),
+                        format!("unknown method {m:?} (use GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE or CONNECT)"),
+                    ));
+                }
+                spec.methods |= 1 << (method as u16);
+            }
+        }
+        let algorithm = match &table.algorithm {
+            Some(a) => {
+                Some(Algorithm::parse(a).map_err(|e| ConfigError::new(key("algorithm"), e))?)
+            }
+            None => None,
+        };
+        spec.limit = match (&table.rate_limit, &table.group) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    key("group"),
+                    "give either rate_limit or group, not both",
+                ))
+            }
+            (Some(text), None) => LimitChoice::Own(
+                RateSpec::parse(text).map_err(|e| ConfigError::new(key("rate_limit"), e))?,
+                algorithm.unwrap_or(ex.rate_limit_algorithm),
+            ),
+            (None, Some(group)) => {
+                if algorithm.is_some() {
+                    return Err(ConfigError::new(
+                        key("algorithm"),
+                        "an endpoint in a group uses the group's algorithm",
+                    ));
+                }
+                if !groups.iter().any(|g| &g.name == group) {
+                    return Err(ConfigError::new(
+                        key("group"),
+                        format!("no [group.{group}] table"),
+                    ));
+                }
+                LimitChoice::Group(group.clone())
+            }
+            (None, None) => {
+                if algorithm.is_some() {
+                    return Err(ConfigError::new(
+                        key("algorithm"),
+                        "needs rate_limit on the same endpoint",
+                    ));
+                }
+                LimitChoice::Global
+            }
+        };
+        if let Some(retry) = &table.retry {
+            let p = &mut spec.retry;
+            if let Some(ms) = retry.base_ms {
+                p.base = millis_key(key("retry.base_ms"), ms)?;
+            }
+            if let Some(ms) = retry.max_ms {
+                p.max = millis_key(key("retry.max_ms"), ms)?;
+            }
+            if p.max < p.base {
+                return Err(ConfigError::new(
+                    key("retry.max_ms"),
+                    "must be at least retry.base_ms",
+                ));
+            }
+            if let Some(n) = retry.max_attempts {
+                if n == 0 {
+                    return Err(ConfigError::new(
+                        key("retry.max_attempts"),
+                        "must be at least 1",
+                    ));
+                }
+                p.max_attempts = n;
+            }
+            if let Some(on) = &retry.on {
+                p.retry_on = crate::jobs::backoff::RetryOn::parse(on)
+                    .map_err(|e| ConfigError::new(key("retry.on"), e))?;
+            }
+        }
+        if let Some(d) = &table.dedup {
+            spec.dedup = DedupMode::parse(d).map_err(|e| ConfigError::new(key("dedup"), e))?;
+        }
+        if let Some(ms) = table.deadline_ms {
+            spec.deadline = millis_key(key("deadline_ms"), ms)?;
+        }
+        endpoints.push(spec);
+    }
+    let joined: Vec<&str> = endpoints.iter().map(|e| e.path.as_str()).collect();
+    let allowlist =
+        Allowlist::parse(&joined.join(",")).map_err(|e| ConfigError::new("endpoint", e))?;
+    Ok((allowlist, endpoints, groups))
+}
+
+fn millis_key(key: String, ms: u64) -> Result<Duration, ConfigError> {
+    if ms == 0 {
+        return Err(ConfigError::new(key, "must be at least 1 (milliseconds)"));
+    }
+    Ok(Duration::from_millis(ms))
 }
 
 fn executor_config(cli: &Cli) -> Result<ExecutorConfig, ConfigError> {
@@ -798,12 +1073,132 @@ impl Config {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let cli = match Cli::try_parse_from(args) {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = match Cli::command().try_get_matches_from(args) {
+            Ok(m) => m,
+            Err(e) => return Err(CliExit::from_clap(e)),
+        };
+        let mut cli = match Cli::from_arg_matches(&matches) {
             Ok(cli) => cli,
             Err(e) => return Err(CliExit::from_clap(e)),
         };
-        Config::try_from(cli).map_err(|e| CliExit::Invalid(e.to_string()))
+        let mut from_file = Vec::new();
+        if let Some(path) = cli.config.clone() {
+            let file = crate::config_file::load(&path).map_err(CliExit::Invalid)?;
+            from_file = merge_file(&mut cli, file, &matches);
+        }
+        let file_name = cli.config.as_ref().map(|p| p.display().to_string());
+        Config::try_from(cli).map_err(|e| {
+            // An invalid value that came from the file is named by its key there.
+            let key = e
+                .flag
+                .strip_prefix("--")
+                .unwrap_or(&e.flag)
+                .replace('-', "_");
+            let from_the_file = if e.flag.starts_with("--") {
+                from_file.contains(&key)
+            } else {
+                e.flag != "missing"
+            };
+            match &file_name {
+                _ if e.flag == "missing" => CliExit::Invalid(e.message),
+                Some(file) if from_the_file => {
+                    CliExit::Invalid(format!("{file}: {key}: {}", e.message))
+                }
+                _ => CliExit::Invalid(e.to_string()),
+            }
+        })
     }
+}
+
+/// Fills every flag not given on the command line (or in its environment variable) from the
+/// file; returns the keys taken from the file.
+fn merge_file(
+    cli: &mut Cli,
+    file: crate::config_file::FileConfig,
+    matches: &clap::ArgMatches,
+) -> Vec<String> {
+    use clap::parser::ValueSource;
+    let given = |id: &str| {
+        matches!(
+            matches.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        )
+    };
+    let mut taken = Vec::new();
+    macro_rules! merge {
+        ($($field:ident),* $(,)?) => {$(
+            if let Some(v) = file.$field {
+                if !given(stringify!($field)) {
+                    cli.$field = v;
+                    taken.push(stringify!($field).to_string());
+                }
+            }
+        )*};
+    }
+    macro_rules! merge_opt {
+        ($($field:ident),* $(,)?) => {$(
+            if let Some(v) = file.$field {
+                if !given(stringify!($field)) {
+                    cli.$field = Some(v);
+                    taken.push(stringify!($field).to_string());
+                }
+            }
+        )*};
+    }
+    merge_opt!(
+        token,
+        paths,
+        origin,
+        workers,
+        ca_file,
+        rate_limit_margin_ms,
+        webhook_secret,
+        callback_allow,
+    );
+    merge!(
+        port,
+        ingress_request_timeout_ms,
+        listen,
+        upstream_connect_timeout_ms,
+        upstream_response_timeout_ms,
+        upstream_read_timeout_ms,
+        upstream_idle_timeout_ms,
+        upstream_max_idle,
+        client_header_timeout_ms,
+        client_idle_timeout_ms,
+        client_body_timeout_ms,
+        max_head_bytes,
+        max_headers,
+        max_request_body_bytes,
+        rate_limit,
+        rate_limit_scope,
+        rate_limit_algorithm,
+        retry_on,
+        retry_base_ms,
+        retry_max_ms,
+        retry_max_attempts,
+        job_ttl,
+        job_retention,
+        max_response_body_bytes,
+        dedup,
+        max_inflight,
+        webhook_retry_base_ms,
+        webhook_retry_max_ms,
+        webhook_give_up_after,
+        webhook_timeout_ms,
+        log_level,
+        data_dir,
+        no_persist,
+        idempotency_key,
+        shutdown_grace,
+    );
+    cli.paths_from_file = taken.iter().any(|k| k == "paths");
+    if !given("paths") {
+        cli.file_endpoints = file.endpoint;
+    }
+    cli.file_groups = file.group;
+    taken
 }
 
 /// Why the command line did not produce a configuration.
@@ -972,6 +1367,131 @@ mod tests {
         for bad in ["", "h", "10", "0s", "10x", "-1s", "99999999999999999999h"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Writes `text` to a fresh file and returns its path.
+    fn config_file(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sluice-config-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sluice.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn with_file(name: &str, text: &str, extra: &[&str]) -> Result<Config, CliExit> {
+        let path = config_file(name, text);
+        let mut v = vec![
+            "sluice".to_string(),
+            "--config".to_string(),
+            path.display().to_string(),
+        ];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        Config::from_args(v)
+    }
+
+    fn invalid(r: Result<Config, CliExit>) -> String {
+        match r {
+            Err(CliExit::Invalid(msg)) => {
+                assert!(!msg.contains('\n'), "{msg:?} is one line");
+                msg
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_example_file_parses() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/sluice.example.toml");
+        let c = Config::from_args(["sluice", "-t", "tok", "--config", path]).unwrap();
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.origin.authority, "api.example.com");
+        assert_eq!(c.allowlist.len(), 3);
+        assert_eq!(c.endpoints[0].path, "/crypto/sign");
+        assert_eq!(
+            c.endpoints[0].methods,
+            1 << (crate::http::request::Method::Post as u16)
+        );
+        assert_eq!(c.endpoints[0].dedup, DedupMode::Off);
+        assert_eq!(c.endpoints[1].limit, LimitChoice::Group("reads".into()));
+        assert_eq!(c.endpoints[2].methods, 0);
+        assert_eq!(c.groups.len(), 1);
+        assert_eq!(c.groups[0].algorithm, crate::limit::Algorithm::TokenBucket);
+        assert_eq!(c.timeouts.ingress_request, Duration::from_millis(2000));
+        assert_eq!(c.executor.retry.max_attempts, 100);
+    }
+
+    #[test]
+    fn file_fills_flags_and_flags_override_it() {
+        let text = "token = \"filetok\"\norigin = \"http://127.0.0.1:9000\"\n\
+                    paths = \"/a\"\nport = 7000\nrate_limit = \"5/1s\"\n";
+        let c = with_file("override", text, &[]).unwrap();
+        assert_eq!(c.port, 7000);
+        assert_eq!(c.token.expose(), "filetok");
+        assert_eq!(
+            c.executor.rate_limit,
+            crate::limit::RateSpec::parse("5/1s").unwrap()
+        );
+        let c = with_file(
+            "override2",
+            text,
+            &["-p", "7001", "--rate-limit", "9/1s", "--paths", "/x,/y"],
+        )
+        .unwrap();
+        assert_eq!(c.port, 7001);
+        assert_eq!(
+            c.executor.rate_limit,
+            crate::limit::RateSpec::parse("9/1s").unwrap()
+        );
+        assert_eq!(c.allowlist.len(), 2);
+        // --paths on the command line replaces the file's [[endpoint]] tables.
+        let text = "token = \"t\"\norigin = \"http://127.0.0.1:9000\"\n\
+                    [[endpoint]]\npath = \"/a\"\nmethods = [\"GET\"]\n";
+        let c = with_file("override3", text, &["--paths", "/z"]).unwrap();
+        assert_eq!((c.allowlist.entry(0), c.endpoints[0].methods), ("/z", 0));
+    }
+
+    #[test]
+    fn invalid_file_values_name_the_key() {
+        let base = "token = \"t\"\norigin = \"http://127.0.0.1:9000\"\n";
+        let msg = invalid(with_file(
+            "bad1",
+            &format!("{base}paths = \"/a\"\nrate_limit = \"ten\"\n"),
+            &[],
+        ));
+        assert!(msg.contains("sluice.toml: rate_limit:"), "{msg}");
+        let msg = invalid(with_file(
+            "bad2",
+            &format!("{base}[[endpoint]]\npath = \"/a\"\n[[endpoint]]\npath = \"/b\"\nrate_limit = \"1/0s\"\n"),
+            &[],
+        ));
+        assert!(msg.contains("endpoint[2].rate_limit:"), "{msg}");
+        let msg = invalid(with_file(
+            "bad3",
+            &format!("{base}[[endpoint]]\npath = \"/a\"\ngroup = \"nope\"\n"),
+            &[],
+        ));
+        assert!(msg.contains("endpoint[1].group:"), "{msg}");
+        let msg = invalid(with_file(
+            "bad4",
+            &format!("{base}[[endpoint]]\npath = \"/a\"\nmethods = [\"FETCH\"]\n"),
+            &[],
+        ));
+        assert!(msg.contains("endpoint[1].methods:"), "{msg}");
+        let msg = invalid(with_file(
+            "bad5",
+            &format!("{base}paths = \"/a\"\nworkerz = 2\n"),
+            &[],
+        ));
+        assert!(msg.contains("workerz"), "{msg}");
+        // The same bad value as a flag is named by the flag.
+        let msg = invalid(with_file(
+            "bad6",
+            &format!("{base}paths = \"/a\"\n"),
+            &["--rate-limit", "x"],
+        ));
+        assert!(msg.starts_with("--rate-limit:"), "{msg}");
+        let msg = invalid(with_file("bad7", "port = 1\n", &[]));
+        assert!(msg.contains("--token") && msg.contains("--origin"), "{msg}");
     }
 
     #[test]

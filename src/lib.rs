@@ -28,6 +28,7 @@
 //! - [`log`]: leveled stderr logging.
 
 pub mod config;
+pub mod config_file;
 pub mod error;
 pub mod http;
 pub mod jobs;

@@ -18,7 +18,9 @@ fn main() -> ExitCode {
         eprintln!("sluice: error: cannot block signals: {e}");
         return ExitCode::from(1);
     }
-    let config = match Config::from_args(std::env::args_os()) {
+    // Kept for SIGHUP: a reload re-reads the file under the same command line.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let config = match Config::from_args(args.iter().cloned()) {
         Ok(c) => c,
         Err(CliExit::Print(text)) => {
             print!("{text}");
@@ -72,7 +74,16 @@ fn main() -> ExitCode {
     }
     // Until SIGTERM/SIGINT (or the signal thread is gone).
     while let Ok(Signal::Reload) = signals.recv() {
-        sluice::log::warn(format_args!("SIGHUP: no --config file to reload"));
+        if config.config_file.is_none() {
+            sluice::log::warn(format_args!("SIGHUP: no --config file to reload"));
+            continue;
+        }
+        match reload(&args, &config, &server) {
+            Ok(summary) => sluice::log::info(format_args!("config reloaded: {summary}")),
+            Err(line) => sluice::log::error(format_args!(
+                "config reload failed: {line}; the running configuration stays"
+            )),
+        }
     }
     sluice::log::info(format_args!(
         "shutting down: draining connections (at most {:?})",
@@ -88,4 +99,64 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// SIGHUP: re-reads the config file under the original command line (flags still override
+/// it) and hands the new route table (allowlist, endpoint settings, rate limits, retry, dedup,
+/// deadlines) to the workers for their next request; open jobs keep theirs. Settings that need
+/// a restart are reported when they changed, and otherwise ignored. Errors are one line.
+fn reload(
+    args: &[std::ffi::OsString],
+    running: &Config,
+    server: &Server,
+) -> Result<String, String> {
+    let mut new = match Config::from_args(args.iter().cloned()) {
+        Ok(c) => c,
+        Err(CliExit::Invalid(line)) | Err(CliExit::Print(line)) => return Err(line),
+    };
+    let mut restart = Vec::new();
+    if new.listen != running.listen {
+        restart.push("listen");
+    }
+    if new.port != running.port {
+        restart.push("port");
+    }
+    if new.workers != running.workers {
+        restart.push("workers");
+    }
+    if new.origin != running.origin {
+        restart.push("origin");
+    }
+    if new.data_dir != running.data_dir {
+        restart.push("data_dir");
+    }
+    if !restart.is_empty() {
+        sluice::log::warn(format_args!(
+            "config reload: {} changed; ignored until restart",
+            restart.join(", ")
+        ));
+    }
+    // Limiters lease per worker: they are built for the running worker count.
+    new.workers = running.workers;
+    let slot = &server.shared.routes;
+    let current = slot.current();
+    let routes = sluice::routing::Routes::build(&new, Some(&current))?;
+    let kept = (0..routes.limiters.len())
+        .filter(|&i| {
+            current
+                .limiters
+                .index_of(routes.limiters.name(i))
+                .is_some_and(|j| {
+                    std::sync::Arc::ptr_eq(current.limiters.shared(j), routes.limiters.shared(i))
+                })
+        })
+        .count();
+    let summary = format!(
+        "paths={} rate limiters: {kept} kept, {} new",
+        routes.allowlist,
+        routes.limiters.len() - kept
+    );
+    sluice::log::set_level(new.log_level);
+    slot.replace(std::sync::Arc::new(routes));
+    Ok(summary)
 }

@@ -98,8 +98,13 @@ pub struct JobRequest {
     pub id: JobId,
     /// This job's place under `--max-inflight`, released when the job ends.
     pub open: Option<crate::server::worker::OpenJob>,
-    /// Limiter this job's attempts take slots from.
+    /// Limiter this job's attempts take slots from (a number of `routes.limiters`).
     pub limiter: usize,
+    /// The route table the request was matched with: the job keeps its settings to the end,
+    /// whatever a reload changes meanwhile.
+    pub routes: Rc<crate::routing::CoreRoutes>,
+    /// The endpoint (allowlist index of `routes`).
+    pub endpoint: usize,
     pub method: Method,
     /// The complete upstream request (edited head and body), sent by every attempt. Moves
     /// into the job's cell when the job starts.
@@ -159,8 +164,13 @@ pub struct JobCell {
     /// copy), so that whoever defers the job can store it.
     request: RefCell<Vec<u8>>,
     method: Cell<Method>,
-    /// The limiter the job's attempts take slots from.
+    /// The limiter the job's attempts take slots from (a number of `routes`' limiters).
     limiter: Cell<usize>,
+    /// The route table the job started with (`None` until set: then the worker's current).
+    routes: RefCell<Option<Rc<crate::routing::CoreRoutes>>>,
+    /// The job's endpoint in `routes`; `None` for a job resumed from the store (it runs
+    /// with the global retry policy).
+    endpoint: Cell<Option<usize>>,
     /// True once the job's row is in the store: its progress and end are recorded there.
     persisted: Cell<bool>,
 }
@@ -189,6 +199,8 @@ impl JobCell {
             request: RefCell::new(Vec::new()),
             method: Cell::new(Method::Get),
             limiter: Cell::new(0),
+            routes: RefCell::new(None),
+            endpoint: Cell::new(None),
             persisted: Cell::new(false),
         }
     }
@@ -254,7 +266,11 @@ impl JobCell {
             id: id.0,
             created_at_ms: persist::unix_ms(worker.system_time_at(self.created.get())),
             method,
-            endpoint: worker.limiters.name(self.limiter.get()).to_string(),
+            endpoint: self
+                .routes(worker)
+                .limiters
+                .name(self.limiter.get())
+                .to_string(),
             request,
             callbacks,
             attempts: self.attempts.get(),
@@ -272,6 +288,14 @@ impl JobCell {
 
     /// Writes the whole job to the store (a deferral or a new callback); the returned commit
     /// is awaited before a 202 promises anything. `None` without a store.
+    /// The route table of this job.
+    fn routes(&self, worker: &Worker) -> Rc<crate::routing::CoreRoutes> {
+        match &*self.routes.borrow() {
+            Some(r) => r.clone(),
+            None => worker.routes(),
+        }
+    }
+
     fn persist(&self, worker: &Worker) -> Option<crate::store::Durable> {
         let store = worker.store.as_ref()?;
         let row = self.row(worker)?;
@@ -412,7 +436,9 @@ pub async fn serve_job(
     key: Option<DedupKey>,
 ) -> Next {
     let now = worker.timers.now();
-    let deadline = now.saturating_add(duration_nanos(worker.config.timeouts.ingress_request));
+    let deadline = now.saturating_add(duration_nanos(
+        request.routes.endpoint(request.endpoint).deadline,
+    ));
     let guard = JobGuard {
         worker,
         cell: worker.take_job_cell(now, deadline),
@@ -422,6 +448,8 @@ pub async fn serve_job(
     cell.id.set(request.id);
     cell.method.set(request.method);
     cell.limiter.set(request.limiter);
+    cell.endpoint.set(Some(request.endpoint));
+    *cell.routes.borrow_mut() = Some(request.routes.clone());
     std::mem::swap(&mut *cell.request.borrow_mut(), &mut request.bytes);
     worker.give_request_buf(std::mem::take(&mut request.bytes));
     if let Some(key) = key {
@@ -557,11 +585,9 @@ pub async fn attach(
     head: &RequestHead,
     cell: Rc<JobCell>,
     callback: Option<crate::webhook::CallbackUrl>,
+    wait: Duration,
 ) -> Next {
-    let deadline = worker
-        .timers
-        .now()
-        .saturating_add(duration_nanos(worker.config.timeouts.ingress_request));
+    let deadline = worker.timers.now().saturating_add(duration_nanos(wait));
     cell.attached.set(cell.attached.get() + 1);
     let mut timer = pin!(worker.timers.sleep_until(deadline));
     let answered = poll_fn(|cx| {
@@ -599,15 +625,13 @@ pub async fn attach_remote(
     owner: usize,
     key: DedupKey,
     callback: Option<crate::webhook::CallbackUrl>,
+    deadline: Duration,
 ) -> Option<Next> {
     let wait = RemoteWait::new(key, callback);
     if !worker.open_keys.post(owner, wait.clone()) {
         return None;
     }
-    let deadline = worker
-        .timers
-        .now()
-        .saturating_add(duration_nanos(worker.config.timeouts.ingress_request));
+    let deadline = worker.timers.now().saturating_add(duration_nanos(deadline));
     let mut timer = worker.timers.sleep_until(deadline);
     let mut passed = false;
     let answer = poll_fn(|cx| {
@@ -682,6 +706,9 @@ pub fn resume(worker: &Rc<Worker>, row: crate::store::JobRow) {
         .unwrap_or_default();
     let created = now.saturating_sub(duration_nanos(age));
     let cell = worker.take_job_cell(created, created);
+    let routes = worker.routes();
+    cell.endpoint.set(None);
+    *cell.routes.borrow_mut() = Some(routes.clone());
     cell.id.set(id);
     cell.client_waiting.set(false);
     *cell.record.borrow_mut() = Some(record.clone());
@@ -714,7 +741,7 @@ pub fn resume(worker: &Rc<Worker>, row: crate::store::JobRow) {
             Ok(()) => {
                 let method = request.split(|&b| b == b' ').next().unwrap_or(b"");
                 cell.method.set(Method::from_bytes(method));
-                match worker.limiters.index_of(&row.endpoint) {
+                match routes.limiters.index_of(&row.endpoint) {
                     Some(i) => {
                         cell.limiter.set(i);
                         None
@@ -811,14 +838,19 @@ fn finish(worker: &Worker, cell: &JobCell, record: &Arc<JobRecord>, stored: &Sto
 
 /// Drives the job's attempts until a terminal state.
 async fn drive(worker: &Rc<Worker>, ctl: &Rc<JobCell>, key: Option<DedupKey>) -> Driven {
-    let policy = &worker.config.executor.retry;
+    let routes = ctl.routes(worker);
+    let policy = match ctl.endpoint.get() {
+        Some(e) => &routes.endpoint(e).retry,
+        None => &routes.retry,
+    };
+    let limiters = &routes.limiters;
     let timers = &worker.timers;
     loop {
         // Do not hold the caller when the next slot is certainly too late.
         if ctl.client_waiting.get() {
             let free_at = worker
                 .slots
-                .next_free(&worker.limiters, ctl.limiter.get(), timers.now());
+                .next_free(limiters, ctl.limiter.get(), timers.now());
             if free_at > ctl.deadline.get() {
                 ctl.defer_now.set(true);
             }
@@ -826,7 +858,7 @@ async fn drive(worker: &Rc<Worker>, ctl: &Rc<JobCell>, key: Option<DedupKey>) ->
         ctl.waiting_for_slot.set(true);
         worker
             .slots
-            .acquire(&worker.limiters, ctl.limiter.get(), timers)
+            .acquire(limiters, ctl.limiter.get(), timers)
             .await;
         ctl.waiting_for_slot.set(false);
         if worker.drain.halted() {

@@ -88,20 +88,36 @@ impl SlotQueues {
     /// The earliest time (`>= now`) this core may get a slot of `limiter`: `now` while its
     /// lease on it has a grant left, else [`crate::limit::Limiter::next_free`].
     pub fn next_free(&self, limiters: &Limiters, limiter: usize, now: u64) -> u64 {
+        let queue = self.ensure(limiters.queue(limiter));
         limiters
             .limiter(limiter)
-            .next_free_leased(&self.queues.borrow()[limiter].lease, now)
+            .next_free_leased(&self.queues.borrow()[queue].lease, now)
     }
 
-    /// Requests waiting on this core for `limiter`.
-    pub fn depth(&self, limiter: usize) -> usize {
-        self.queues.borrow()[limiter].waiting.len()
+    /// Requests waiting on this core in wait queue `queue` (see
+    /// [`crate::limit::Registry::queue`]).
+    pub fn depth(&self, queue: usize) -> usize {
+        self.queues
+            .borrow()
+            .get(queue)
+            .map_or(0, |q| q.waiting.len())
+    }
+
+    /// Makes sure wait queue `queue` exists (a reload may add limiters); returns `queue`.
+    fn ensure(&self, queue: usize) -> usize {
+        let mut queues = self.queues.borrow_mut();
+        if queues.len() <= queue {
+            queues.resize_with(queue + 1, Queue::default);
+        }
+        queue
     }
 
     /// Waits until `limiter` grants a send slot, in FIFO order with the other waiters of this
     /// core. Dropping the future leaves the queue.
     pub async fn acquire(&self, limiters: &Limiters, limiter: usize, timers: &Rc<Timers>) {
         let lim = limiters.limiter(limiter);
+        // From here on `limiter` is this core's queue of that limiter.
+        let limiter = self.ensure(limiters.queue(limiter));
         // Fast path: nobody queued here and a slot is free.
         {
             let mut queues = self.queues.borrow_mut();

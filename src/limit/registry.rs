@@ -2,16 +2,16 @@
 //! endpoint draws from. Built once at start-up and shared by all workers through an `Arc`;
 //! lookups are two indexings.
 //!
-//! Today it is built from the flags ([`Registry::new`]: one limiter per endpoint, or one for
-//! the whole origin). A configuration file will add per-endpoint limits and named groups of
-//! endpoints sharing one budget; it builds its limiters and the endpoint map itself and hands
-//! them to [`Registry::from_parts`], which checks them (built with
-//! [`Limiter::with_workers`] so that they lease; see `super`).
+//! [`Registry::new`] builds one limiter per endpoint, or one for the whole origin.
+//! `crate::routing::Routes` builds the process's registry from the configuration (per-endpoint
+//! limits, named groups) with [`Registry::from_shared`]: limiters are `Arc`s so that a reload
+//! carries an unchanged one over, and each has a wait-queue number that stays with it.
 //!
 //! Not here: the allowlist that numbers the endpoints (`crate::routing`), waiting for a slot.
 
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Algorithm, Limiter, RateSpec, Scope};
@@ -21,8 +21,12 @@ pub const ORIGIN_LIMITER: &str = "origin";
 
 /// Named limiters and the endpoint -> limiter map.
 pub struct Registry {
-    /// `(name, limiter)`, indexed by limiter number.
-    limiters: Vec<(String, Limiter)>,
+    /// `(name, limiter)`, indexed by limiter number. `Arc`: a configuration reload hands an
+    /// unchanged limiter (state and all) to the new registry.
+    limiters: Vec<(String, Arc<Limiter>)>,
+    /// Each limiter's wait-queue number on every core (see `crate::jobs::slots`): stable
+    /// across reloads for a limiter that is kept, fresh for a new one.
+    queues: Vec<usize>,
     /// Limiter number of each endpoint (the allowlist's numbering).
     endpoint_to_limiter: Vec<usize>,
 }
@@ -40,17 +44,19 @@ impl Registry {
         margin: Duration,
         workers: usize,
     ) -> Registry {
-        let limiter = || Limiter::with_workers(spec, algorithm, margin, workers);
+        let limiter = || Arc::new(Limiter::with_workers(spec, algorithm, margin, workers));
         match scope {
             Scope::Endpoint => Registry {
                 limiters: (0..endpoints)
                     .map(|i| (format!("endpoint-{i}"), limiter()))
                     .collect(),
                 endpoint_to_limiter: (0..endpoints).collect(),
+                queues: (0..endpoints).collect(),
             },
             Scope::Origin => Registry {
                 limiters: vec![(ORIGIN_LIMITER.to_string(), limiter())],
                 endpoint_to_limiter: vec![0; endpoints],
+                queues: vec![0],
             },
         }
     }
@@ -63,6 +69,24 @@ impl Registry {
         limiters: Vec<(String, Limiter)>,
         endpoint_to_limiter: Vec<usize>,
     ) -> Result<Registry, String> {
+        let queues = (0..limiters.len()).collect();
+        let limiters = limiters
+            .into_iter()
+            .map(|(name, l)| (name, Arc::new(l)))
+            .collect();
+        Registry::from_shared(limiters, queues, endpoint_to_limiter)
+    }
+
+    /// [`Registry::from_parts`] with limiters that may be shared with an earlier registry and
+    /// their wait-queue numbers (one per limiter, unique).
+    pub fn from_shared(
+        limiters: Vec<(String, Arc<Limiter>)>,
+        queues: Vec<usize>,
+        endpoint_to_limiter: Vec<usize>,
+    ) -> Result<Registry, String> {
+        if queues.len() != limiters.len() {
+            return Err("one wait queue per rate limiter".to_string());
+        }
         let mut seen = HashSet::new();
         for (name, _) in &limiters {
             if name.is_empty() {
@@ -87,6 +111,7 @@ impl Registry {
         Ok(Registry {
             limiters,
             endpoint_to_limiter,
+            queues,
         })
     }
 
@@ -106,6 +131,27 @@ impl Registry {
     /// If `i` is not below [`Registry::len`].
     pub fn limiter(&self, i: usize) -> &Limiter {
         &self.limiters[i].1
+    }
+
+    /// The shared handle of limiter number `i` (to keep it in a reloaded registry).
+    ///
+    /// # Panics
+    /// If `i` is not below [`Registry::len`].
+    pub fn shared(&self, i: usize) -> &Arc<Limiter> {
+        &self.limiters[i].1
+    }
+
+    /// The wait-queue number of limiter number `i`.
+    ///
+    /// # Panics
+    /// If `i` is not below [`Registry::len`].
+    pub fn queue(&self, i: usize) -> usize {
+        self.queues[i]
+    }
+
+    /// One more than the largest wait-queue number (0 when empty).
+    pub fn queue_count(&self) -> usize {
+        self.queues.iter().max().map_or(0, |&q| q + 1)
     }
 
     /// The name of limiter number `i` (for logs, status pages and persisted state).

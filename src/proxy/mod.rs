@@ -175,7 +175,9 @@ async fn handle(
     if path.starts_with(RESERVED_PREFIX) {
         return crate::jobs::api::handle(worker, conn, head, bytes, keep_alive_without_body).await;
     }
-    let Some(endpoint) = config.allowlist.match_path(path) else {
+    // This request's route table: a reload after this point does not change its settings.
+    let routes = worker.routes();
+    let Some(endpoint) = routes.allowlist.match_path(path) else {
         return reply_error(
             conn,
             404,
@@ -185,6 +187,10 @@ async fn handle(
         )
         .await;
     };
+    let settings = routes.endpoint(endpoint);
+    if !settings.allows(head.method) {
+        return reply_method_not_allowed(conn, &settings.allow, keep_alive_without_body).await;
+    }
     if let BodyFraming::Length(n) = head.framing {
         if n > config.max_request_body_bytes {
             return reply_error(
@@ -259,8 +265,7 @@ async fn handle(
         return reply_overloaded(conn, head.keep_alive).await;
     };
     // Identical requests attach to an open job instead of calling the upstream again.
-    let key = if config.executor.dedup.applies(head.method) && head.framing != BodyFraming::Chunked
-    {
+    let key = if settings.dedup.applies(head.method) && head.framing != BodyFraming::Chunked {
         let q = query.or(head.query.map(|q| q.get(bytes))).unwrap_or(b"");
         Some(crate::jobs::run::dedup_key(
             head,
@@ -279,7 +284,8 @@ async fn handle(
         if let Some(cell) = open {
             worker.give_request_buf(request);
             drop(open_job);
-            return crate::jobs::run::attach(worker, conn, head, cell, callback).await;
+            return crate::jobs::run::attach(worker, conn, head, cell, callback, settings.deadline)
+                .await;
         }
         // Not open here: maybe on another core. The request (and its place under
         // `--max-inflight`) is kept while it waits, in case that job ends before it attaches.
@@ -294,6 +300,7 @@ async fn handle(
                     owner,
                     key,
                     callback.clone(),
+                    settings.deadline,
                 )
                 .await;
                 if let Some(next) = remote {
@@ -307,13 +314,37 @@ async fn handle(
     let job = crate::jobs::run::JobRequest {
         id,
         open: Some(open_job),
-        limiter: worker.limiters.for_endpoint(endpoint).0,
+        limiter: routes.limiters.for_endpoint(endpoint).0,
+        routes: routes.clone(),
+        endpoint,
         method: head.method,
         bytes: request,
         callback,
         published,
     };
     crate::jobs::run::serve_job(worker, slot, head, job, key).await
+}
+
+/// `405 Method Not Allowed` with `Allow`: the endpoint's `methods` do not include this one.
+async fn reply_method_not_allowed(conn: &mut ClientConn, allow: &str, keep_alive: bool) -> Next {
+    conn.out.clear();
+    crate::error::write_error_response(
+        &mut conn.out,
+        405,
+        "method_not_allowed",
+        "this method is not allowed on this path",
+        keep_alive,
+    );
+    // `Allow` goes right after the status line (the head is sluice's own, so this is safe).
+    if let Some(at) = conn.out.windows(2).position(|w| w == b"\r\n") {
+        let header = format!("\r\nAllow: {allow}");
+        conn.out.splice(at..at, header.bytes());
+    }
+    match conn.send_out().await {
+        Ok(()) if keep_alive => Next::KeepAlive,
+        Ok(()) => Next::LingerClose,
+        Err(_) => Next::Close,
+    }
 }
 
 /// Seconds a client is asked to wait (`Retry-After`) when `--max-inflight` jobs are open.

@@ -4,5 +4,7 @@
 //! what happens to an unmatched request (the proxy answers 404).
 
 pub mod allowlist;
+pub mod endpoints;
 
 pub use allowlist::Allowlist;
+pub use endpoints::{CoreRoutes, Endpoint, Routes};

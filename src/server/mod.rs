@@ -194,7 +194,7 @@ impl Server {
         // Every worker halted (no attempt starts any more): this history is complete.
         let now = u64::try_from(shared.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
         store_sends(
-            &shared.limiters,
+            &shared.routes.current().limiters,
             now,
             unix_nanos(shared.epoch_wall),
             &store.handle(),
@@ -410,14 +410,7 @@ fn shared_state(
     drained: mpsc::Sender<usize>,
 ) -> Result<Shared, String> {
     let ex = &config.executor;
-    let limiters = crate::limit::Registry::new(
-        config.allowlist.len(),
-        ex.rate_limit,
-        ex.rate_limit_algorithm,
-        ex.rate_limit_scope,
-        ex.rate_limit_margin,
-        config.workers,
-    );
+    let routes = crate::routing::Routes::build(&config, None)?;
     let registry = Arc::new(crate::jobs::registry::Registry::new(ex.job_retention));
     // The process clock starts one day (or the machine's uptime, if shorter) in the past, so
     // that send times restored from before a restart are still positive on it.
@@ -453,7 +446,7 @@ fn shared_state(
     Ok(Shared {
         config: config.clone(),
         upstream,
-        limiters: Arc::new(limiters),
+        routes: Arc::new(worker::RoutesSlot::new(routes)),
         registry,
         webhook_config: Arc::new(sender_config),
         webhook_report: report,
@@ -529,9 +522,10 @@ fn restore_sends(
         ),
         None => now,
     });
-    for i in 0..shared.limiters.len() {
-        let limiter = shared.limiters.limiter(i);
-        let name = shared.limiters.name(i);
+    let routes = shared.routes.current();
+    for i in 0..routes.limiters.len() {
+        let limiter = routes.limiters.limiter(i);
+        let name = routes.limiters.name(i);
         let mut times: Vec<u64> = sends
             .iter()
             .find(|(n, _)| n == name)
@@ -566,7 +560,12 @@ async fn snapshot_sends(worker: Rc<Worker>, store: crate::store::StoreHandle) {
     let epoch_ns = unix_nanos(worker.system_time_at(0));
     loop {
         monoio::time::sleep(SEND_SNAPSHOT_INTERVAL).await;
-        store_sends(&worker.limiters, worker.timers.now(), epoch_ns, &store);
+        store_sends(
+            &worker.routes().limiters,
+            worker.timers.now(),
+            epoch_ns,
+            &store,
+        );
     }
 }
 

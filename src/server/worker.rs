@@ -6,11 +6,11 @@
 //! core's own parts: the upstream keep-alive pool, the timer service, the webhook sender, the
 //! rate-limit wait queues, a random generator for retry jitter, and pools of reusable buffers.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
@@ -22,7 +22,7 @@ use crate::jobs::crosscore::OpenKeys;
 use crate::jobs::registry::{JobId, JobRecord, JobStatus, Registry, StoredResponse};
 use crate::jobs::run::{DedupKey, JobCell};
 use crate::jobs::slots::SlotQueues;
-use crate::limit::Registry as Limiters;
+use crate::routing::Routes;
 use crate::timer::Timers;
 use crate::upstream::pool::Pool;
 use crate::upstream::Upstream;
@@ -42,11 +42,52 @@ pub const MAX_POOLED_JOB_CELLS: usize = 1024;
 /// Resolution of the per-core timer wheel (deadlines, retry schedules).
 pub const TIMER_TICK: Duration = Duration::from_millis(1);
 
+/// The current route table (allowlist, endpoint settings, limiters) and its generation. The
+/// main thread replaces it on a reload; a worker compares the generation before each request
+/// (one atomic load of a line that is almost never written) and takes the new table when it
+/// moved. The lock is taken only then, once per worker and reload.
+pub struct RoutesSlot {
+    generation: AtomicU64,
+    current: Mutex<Arc<Routes>>,
+}
+
+impl RoutesSlot {
+    pub fn new(routes: Routes) -> RoutesSlot {
+        RoutesSlot {
+            generation: AtomicU64::new(0),
+            current: Mutex::new(Arc::new(routes)),
+        }
+    }
+
+    /// The current table.
+    pub fn current(&self) -> Arc<Routes> {
+        match self.current.lock() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Makes `routes` the table of new requests on every worker.
+    pub fn replace(&self, routes: Arc<Routes>) {
+        let mut g = match self.current.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *g = routes;
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+}
+
 /// State shared by all workers (read-only or internally synchronised).
 pub struct Shared {
     pub config: Arc<Config>,
     pub upstream: Arc<Upstream>,
-    pub limiters: Arc<Limiters>,
+    /// The route table new requests use (replaced by a reload).
+    pub routes: Arc<RoutesSlot>,
     pub registry: Arc<Registry>,
     /// What every worker's webhook sender runs with (validated at start-up).
     pub webhook_config: Arc<SenderConfig>,
@@ -75,7 +116,11 @@ pub struct Worker {
     pub id: usize,
     pub config: Arc<Config>,
     pub upstream: Arc<Upstream>,
-    pub limiters: Arc<Limiters>,
+    routes_slot: Arc<RoutesSlot>,
+    /// This core's copy of the current route table (an `Rc`, so a job takes it without
+    /// touching a shared cache line) and the generation it is from.
+    routes: RefCell<Rc<crate::routing::CoreRoutes>>,
+    routes_generation: Cell<u64>,
     pub registry: Arc<Registry>,
     /// This core's webhook sender: deliveries of jobs that ended here run as tasks on this
     /// core; `webhooks.shutdown(grace)` hands back the undelivered ones.
@@ -127,7 +172,9 @@ impl Worker {
         Worker {
             id,
             upstream: shared.upstream.clone(),
-            limiters: shared.limiters.clone(),
+            routes_generation: Cell::new(shared.routes.generation()),
+            routes: RefCell::new(Rc::new(crate::routing::CoreRoutes(shared.routes.current()))),
+            routes_slot: shared.routes.clone(),
             registry: shared.registry.clone(),
             webhooks,
             open_jobs: shared.open_jobs.clone(),
@@ -138,7 +185,7 @@ impl Worker {
             pool: RefCell::new(pool),
             limits,
             timers,
-            slots: SlotQueues::new(shared.limiters.len()),
+            slots: SlotQueues::new(0),
             rng: RefCell::new(Rng::new(seed)),
             dedup: RefCell::new(HashMap::new()),
             job_cells: RefCell::new(Vec::new()),
@@ -148,6 +195,18 @@ impl Worker {
             request_bufs: RefCell::new(Vec::new()),
             config,
         }
+    }
+
+    /// The route table for a new request: this core's copy, refreshed first when a reload
+    /// replaced the shared one.
+    pub fn routes(&self) -> Rc<crate::routing::CoreRoutes> {
+        let generation = self.routes_slot.generation();
+        if generation != self.routes_generation.get() {
+            *self.routes.borrow_mut() =
+                Rc::new(crate::routing::CoreRoutes(self.routes_slot.current()));
+            self.routes_generation.set(generation);
+        }
+        self.routes.borrow().clone()
     }
 
     /// Counts a new open job, or refuses it when `--max-inflight` jobs are open already. The
