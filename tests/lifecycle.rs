@@ -183,3 +183,41 @@ fn a_second_signal_exits_at_once() {
     drop(sluice);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A request parsed after the drain began gets `Connection: close`, and the connection ends.
+#[test]
+fn answers_during_the_drain_say_connection_close() {
+    let origin = slow_origin(400);
+    let dir = temp_data_dir("drainclose");
+    let dir_text = dir.to_string_lossy().into_owned();
+    let url = origin.url();
+    let mut sluice = Sluice::start(&args(&url, &dir_text, &["--workers", "1"]), false);
+    let mut client = sluice.connect();
+    // Two pipelined requests: the first is in flight when the signal comes, the second is
+    // parsed after it, during the drain.
+    client.send(
+        "GET /crypto/sign?m=first HTTP/1.1\r\nHost: x\r\n\r\nGET /crypto/sign?m=second HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    origin.wait_requests(1);
+    sluice.signal(libc::SIGTERM);
+    let first = client.response();
+    assert_eq!(first.status, 200);
+    assert_eq!(first.body_text(), "signed /crypto/sign?m=first");
+    let second = client.response();
+    assert_eq!(second.status, 200, "{}", second.head_text());
+    assert_eq!(second.body_text(), "signed /crypto/sign?m=second");
+    assert_eq!(second.header("connection").as_deref(), Some("close"));
+    let mut raw = client.into_stream();
+    raw.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = [0u8; 16];
+    assert!(matches!(raw.read(&mut buf), Ok(0) | Err(_)));
+    let status = sluice.wait_exit(Duration::from_secs(10));
+    assert_eq!(
+        status.map(|s| s.code()),
+        Some(Some(0)),
+        "{}",
+        sluice.stderr()
+    );
+    drop(sluice);
+    let _ = std::fs::remove_dir_all(&dir);
+}
