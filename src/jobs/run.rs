@@ -739,8 +739,16 @@ pub fn resume(worker: &Rc<Worker>, row: crate::store::JobRow) {
         match persist::restore(&row.request, token, idempotency, &mut request) {
             Err(why) => Some(why),
             Ok(()) => {
-                let method = request.split(|&b| b == b' ').next().unwrap_or(b"");
+                let mut parts = request.split(|&b| b == b' ');
+                let method = parts.next().unwrap_or(b"");
                 cell.method.set(Method::from_bytes(method));
+                // Its endpoint's settings (retry policy) when its path is still allowlisted:
+                // the stored target carries the origin's path prefix, the allowlist does not.
+                let target = parts.next().unwrap_or(b"");
+                let path = target.split(|&b| b == b'?').next().unwrap_or(b"");
+                let prefix = worker.config.origin.path_prefix.as_bytes();
+                let path = path.strip_prefix(prefix).unwrap_or(path);
+                cell.endpoint.set(routes.allowlist.match_path(path));
                 match routes.limiters.index_of(&row.endpoint) {
                     Some(i) => {
                         cell.limiter.set(i);
