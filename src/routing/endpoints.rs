@@ -61,8 +61,8 @@ pub struct Routes {
     /// Indexed like the allowlist.
     pub endpoints: Vec<Endpoint>,
     pub limiters: Registry,
-    /// The global retry policy, for jobs resumed from the store (they know their limiter,
-    /// not their endpoint).
+    /// The global retry policy, for jobs resumed from the store whose stored path no longer
+    /// matches an endpoint.
     pub retry: RetryPolicy,
 }
 
