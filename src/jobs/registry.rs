@@ -218,23 +218,6 @@ impl Registry {
         record
     }
 
-    /// Registers a job that is being deferred, with a fresh id.
-    pub fn insert(&self, state: JobState) -> Arc<JobRecord> {
-        loop {
-            let id = JobId::random();
-            let mut shard = self.shard(&id);
-            if shard.contains_key(&id) {
-                continue;
-            }
-            let record = Arc::new(JobRecord {
-                id,
-                state: Mutex::new(state),
-            });
-            shard.insert(id, record.clone());
-            return record;
-        }
-    }
-
     pub fn get(&self, id: &JobId) -> Option<Arc<JobRecord>> {
         self.shard(id).get(id).cloned()
     }
@@ -382,8 +365,8 @@ mod tests {
     #[test]
     fn retention_sweep_keeps_open_and_recent_jobs() {
         let reg = Registry::new(Duration::from_secs(60));
-        let open = reg.insert(state());
-        let done = reg.insert(state());
+        let open = reg.insert_with_id(JobId::random(), state());
+        let done = reg.insert_with_id(JobId::random(), state());
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
         {
             let mut s = done.lock();
@@ -408,7 +391,7 @@ mod tests {
     #[test]
     fn status_document() {
         let reg = Registry::new(Duration::from_secs(60));
-        let r = reg.insert(state());
+        let r = reg.insert_with_id(JobId::random(), state());
         r.lock().attempts = 2;
         r.lock().last_upstream_status = Some(502);
         let json = status_json(&r);
