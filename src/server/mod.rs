@@ -413,13 +413,11 @@ fn shared_state(
     let ex = &config.executor;
     let routes = crate::routing::Routes::build(&config, None)?;
     let registry = Arc::new(crate::jobs::registry::Registry::new(ex.job_retention));
-    // The process clock starts one day (or the machine's uptime, if shorter) in the past, so
+    // The process clock starts one day in the past (less on a machine up for less than that), so
     // that send times restored from before a restart are still positive on it.
     let now = std::time::Instant::now();
-    let back = (1..=86_400u64)
-        .rev()
-        .step_by(3_600)
-        .chain([60, 10, 1, 0])
+    let back = [86_400u64, 3_600, 60, 1, 0]
+        .into_iter()
         .map(std::time::Duration::from_secs)
         .find(|d| now.checked_sub(*d).is_some())
         .unwrap_or_default();
