@@ -286,8 +286,6 @@ impl JobCell {
         })
     }
 
-    /// Writes the whole job to the store (a deferral or a new callback); the returned commit
-    /// is awaited before a 202 promises anything. `None` without a store.
     /// The route table of this job.
     fn routes(&self, worker: &Worker) -> Rc<crate::routing::CoreRoutes> {
         match &*self.routes.borrow() {
@@ -296,6 +294,8 @@ impl JobCell {
         }
     }
 
+    /// Writes the whole job to the store (a deferral or a new callback); the returned commit
+    /// is awaited before a 202 promises anything. `None` without a store.
     fn persist(&self, worker: &Worker) -> Option<crate::store::Durable> {
         let store = worker.store.as_ref()?;
         let row = self.row(worker)?;
