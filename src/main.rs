@@ -87,7 +87,7 @@ fn main() -> ExitCode {
     }
     sluice::log::info(format_args!(
         "shutting down: draining connections (at most {:?})",
-        config.shutdown_grace
+        server.shared.routes.current().config.shutdown_grace
     ));
     match server.shutdown() {
         Ok(()) => {
@@ -103,8 +103,10 @@ fn main() -> ExitCode {
 
 /// SIGHUP: re-reads the config file under the original command line (flags still override
 /// it) and hands the new route table (allowlist, endpoint settings, rate limits, retry, dedup,
-/// deadlines) to the workers for their next request; open jobs keep theirs. Settings that need
-/// a restart are reported when they changed, and otherwise ignored. Errors are one line.
+/// deadlines, timeouts, size limits, token, webhook settings, every other reloadable key) to
+/// the workers for their next request; open jobs keep theirs. Settings fixed at start-up
+/// (listen, port, workers, origin, ca_file, data_dir) are reported when they changed and keep
+/// their running values. Errors are one line.
 fn reload(
     args: &[std::ffi::OsString],
     running: &Config,
@@ -127,6 +129,9 @@ fn reload(
     if new.origin != running.origin {
         restart.push("origin");
     }
+    if new.ca_file != running.ca_file {
+        restart.push("ca_file");
+    }
     if new.data_dir != running.data_dir {
         restart.push("data_dir");
     }
@@ -136,19 +141,23 @@ fn reload(
             restart.join(", ")
         ));
     }
-    // Limiters lease per worker: they are built for the running worker count.
+    // What cannot change keeps its running value, so the new table is consistent with the
+    // process (limiters lease per worker: they are built for the running worker count).
+    new.listen = running.listen;
+    new.port = running.port;
     new.workers = running.workers;
+    new.origin = running.origin.clone();
+    new.ca_file = running.ca_file.clone();
+    new.data_dir = running.data_dir.clone();
     let slot = &server.shared.routes;
     let current = slot.current();
-    let routes = sluice::routing::Routes::build(&new, Some(&current))?;
+    let routes = sluice::routing::Routes::build(Arc::new(new), Some(&current))?;
     let kept = (0..routes.limiters.len())
         .filter(|&i| {
             current
                 .limiters
                 .index_of(routes.limiters.name(i))
-                .is_some_and(|j| {
-                    std::sync::Arc::ptr_eq(current.limiters.shared(j), routes.limiters.shared(i))
-                })
+                .is_some_and(|j| Arc::ptr_eq(current.limiters.shared(j), routes.limiters.shared(i)))
         })
         .count();
     let summary = format!(
@@ -156,7 +165,7 @@ fn reload(
         routes.allowlist,
         routes.limiters.len() - kept
     );
-    sluice::log::set_level(new.log_level);
-    slot.replace(std::sync::Arc::new(routes));
+    sluice::log::set_level(routes.config.log_level);
+    slot.replace(Arc::new(routes));
     Ok(summary)
 }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::webhook::{Answer, MockReceiver};
 use common::*;
 
 /// A fresh directory with `sluice.toml` holding `text`; returns the file's path.
@@ -168,5 +169,149 @@ fn unknown_key_stops_start_up_naming_it() {
     assert!(
         lines[0].starts_with("sluice: error: ") && lines[0].contains("rate_limt"),
         "{stderr}"
+    );
+}
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// Whether `signature` (a `webhook-signature` value) is the Standard Webhooks signature of
+/// `id.timestamp.body` under [`SECRET`].
+fn signed_with_secret(id: &str, timestamp: &str, body: &[u8], signature: &str) -> bool {
+    use base64::Engine;
+    let engine = base64::engine::general_purpose::STANDARD;
+    let key = engine
+        .decode(SECRET.trim_start_matches("whsec_"))
+        .expect("secret is base64");
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key);
+    let mut message = format!("{id}.{timestamp}.").into_bytes();
+    message.extend_from_slice(body);
+    let expected = engine.encode(ring::hmac::sign(&key, &message).as_ref());
+    signature
+        .split(' ')
+        .any(|s| s.strip_prefix("v1,") == Some(expected.as_str()))
+}
+
+#[test]
+fn sighup_reload_applies_every_reloadable_setting_and_open_jobs_keep_theirs() {
+    // The first request for `/a?n=flaky` fails with 502; everything else is echoed.
+    let flaky_seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = flaky_seen.clone();
+    let origin = MockOrigin::start(move |req| {
+        if req.request_line().contains("n=flaky")
+            && seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0
+        {
+            return Reply::response(502, "Bad Gateway", &[], b"bad gateway");
+        }
+        echo_reply(req)
+    });
+    let hooks = MockReceiver::start(vec![Answer::Status(200)]);
+    let config = |token: &str, extra: &str| {
+        format!(
+            "token = \"{token}\"\norigin = \"{}\"\nrate_limit = \"1000/1s\"\n\
+             ingress_request_timeout_ms = 300\nretry_max_attempts = 3\n\
+             retry_base_ms = 1500\nretry_max_ms = 1500\n{extra}\n\
+             [[endpoint]]\npath = \"/a\"\n",
+            origin.url()
+        )
+    };
+    let path = write_config(
+        "reload-all",
+        &config(
+            "tok-old",
+            "max_request_body_bytes = 64\nidempotency_key = \"on\"",
+        ),
+    );
+    let path_text = path.display().to_string();
+    let sluice = Sluice::start(&["--config", &path_text], false);
+    let body = [b'x'; 100];
+    assert_json_error(
+        &sluice.connect().request(with_body("POST", "/a", &body)),
+        413,
+        "payload_too_large",
+    );
+
+    // A job that fails its first attempt and retries 1.5 s later: deferred (202) before the
+    // reload, retried after it.
+    let hook = hooks.url("/hook");
+    let encoded: String = hook
+        .bytes()
+        .map(|b| match b {
+            b':' => "%3A".to_string(),
+            b'/' => "%2F".to_string(),
+            _ => (b as char).to_string(),
+        })
+        .collect();
+    let resp = sluice
+        .connect()
+        .get(&format!("/a?n=flaky&callback={encoded}"));
+    assert_eq!(resp.status, 202, "{}", resp.head_text());
+    let first = origin.wait_requests(1);
+    assert_eq!(first[0].header("authorization").as_deref(), Some("tok-old"));
+    let job_key = first[0]
+        .header("idempotency-key")
+        .expect("attempts carry Idempotency-Key");
+
+    // New token, a bigger body limit, no Idempotency-Key, signed callbacks.
+    rewrite(
+        &path,
+        &config(
+            "tok-new",
+            &format!(
+                "max_request_body_bytes = 1024\nidempotency_key = \"off\"\n\
+                 webhook_secret = \"{SECRET}\""
+            ),
+        ),
+    );
+    sluice.signal(libc::SIGHUP);
+    assert!(
+        eventually(Duration::from_secs(10), || sluice
+            .stderr()
+            .contains("config reloaded")),
+        "no reload; stderr:\n{}",
+        sluice.stderr()
+    );
+    let resp = sluice.connect().request(with_body("POST", "/a", &body));
+    assert_eq!(resp.status, 200, "{}", resp.head_text());
+    let sent = origin
+        .requests()
+        .into_iter()
+        .find(|r| r.request_line().starts_with("POST /a "))
+        .expect("the POST reached the origin");
+    assert_eq!(sent.header("authorization").as_deref(), Some("tok-new"));
+    assert_eq!(sent.header("idempotency-key"), None, "{}", sent.head_text());
+
+    // The open job kept its own settings: its retry carries the old token and its key.
+    let retried = eventually(Duration::from_secs(10), || {
+        origin
+            .requests()
+            .iter()
+            .filter(|r| r.request_line().contains("n=flaky"))
+            .count()
+            == 2
+    });
+    assert!(retried, "the deferred job was not retried");
+    let retry = origin
+        .requests()
+        .into_iter()
+        .filter(|r| r.request_line().contains("n=flaky"))
+        .nth(1)
+        .expect("second attempt");
+    assert_eq!(retry.header("authorization").as_deref(), Some("tok-old"));
+    assert_eq!(retry.header("idempotency-key"), Some(job_key));
+
+    // Its callback goes out with the webhook settings of delivery time: signed.
+    let received = hooks.wait_for(1, Duration::from_secs(10));
+    assert_eq!(received.len(), 1);
+    let r = &received[0];
+    assert_eq!(r.header("sluice-status").as_deref(), Some("succeeded"));
+    let signature = r.expect_header("webhook-signature");
+    assert!(
+        signed_with_secret(
+            &r.expect_header("webhook-id"),
+            &r.expect_header("webhook-timestamp"),
+            &r.body,
+            &signature
+        ),
+        "callback not signed with the reloaded secret: {signature}"
     );
 }

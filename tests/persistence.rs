@@ -286,3 +286,65 @@ fn finished_jobs_leave_the_store_after_their_retention() {
     drop(sluice);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A job resumed after `kill -9` goes on under its endpoint's own retry policy (found by its
+/// stored path, under the origin's path prefix), not the global one.
+#[test]
+fn a_resumed_job_keeps_its_endpoints_retry_policy() {
+    let origin = MockOrigin::start(|_| Reply::response(502, "Bad Gateway", &[], b"down"));
+    let hooks = MockReceiver::start(vec![Answer::Status(200)]);
+    let dir = temp_data_dir("resume-policy");
+    let dir_text = dir.to_string_lossy().into_owned();
+    std::fs::create_dir_all(&dir).expect("data dir");
+    let config = dir.join("sluice.toml");
+    // Globally one attempt; /a tries five times, 0.8 s apart at most.
+    std::fs::write(
+        &config,
+        format!(
+            "token = \"tok\"\norigin = \"{}/base\"\nrate_limit = \"1000/1s\"\n\
+             ingress_request_timeout_ms = 100\nretry_max_attempts = 1\n\
+             [[endpoint]]\npath = \"/a\"\n\
+             retry = {{ base_ms = 800, max_ms = 800, max_attempts = 5, on = \"502\" }}\n",
+            origin.url()
+        ),
+    )
+    .expect("write config");
+    let config_text = config.to_string_lossy().into_owned();
+    let args = ["--config", config_text.as_str(), "--data-dir", &dir_text];
+    let sluice = Sluice::start(&args, false);
+    let cb = enc(&hooks.url("/cb"));
+    let r = sluice.connect().get(&format!("/a?callback={cb}"));
+    assert_eq!(r.status, 202, "{}", r.head_text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    // Kill right after the first attempt (the next is at most 0.8 s away).
+    origin.wait_requests(1);
+    drop(sluice);
+    let before = origin.requests().len();
+    assert!(before < 5, "all attempts made before the kill ({before})");
+
+    let sluice = Sluice::start(&args, false);
+    let received = hooks.wait_for(1, Duration::from_secs(20));
+    assert_eq!(received.len(), 1, "the resumed job is called back");
+    assert_eq!(received[0].header("sluice-job-id"), Some(id.clone()));
+    assert_eq!(
+        received[0].header("sluice-status").as_deref(),
+        Some("failed")
+    );
+    let attempts = origin.requests();
+    assert_eq!(
+        attempts.len(),
+        5,
+        "five attempts in all under /a's policy ({before} before the kill)"
+    );
+    for a in &attempts {
+        assert!(
+            a.request_line().starts_with("GET /base/a "),
+            "{}",
+            a.head_text()
+        );
+    }
+    let status = sluice.connect().get(&format!("/_sluice/jobs/{id}"));
+    assert_eq!(status.json()["attempts"], 5);
+    drop(sluice);
+    let _ = std::fs::remove_dir_all(&dir);
+}

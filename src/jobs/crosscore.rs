@@ -422,20 +422,19 @@ mod tests {
         let w = RemoteWait::new(key(1), cb);
         // Deadline before the owner attached: wait for the record.
         assert!(w.poll_answer(true, &noop_waker()).is_pending());
-        let record = crate::jobs::registry::Registry::new(std::time::Duration::from_secs(1))
-            .insert_with_id(
-                crate::jobs::registry::JobId::random(),
-                crate::jobs::registry::JobState {
-                    status: crate::jobs::registry::JobStatus::Pending,
-                    attempts: 0,
-                    last_upstream_status: None,
-                    next_attempt_at: None,
-                    created_at: std::time::SystemTime::now(),
-                    finished_at: None,
-                    result: None,
-                    callback: crate::jobs::registry::CallbackState::None,
-                },
-            );
+        let record = crate::jobs::registry::Registry::new().insert_with_id(
+            crate::jobs::registry::JobId::random(),
+            crate::jobs::registry::JobState {
+                status: crate::jobs::registry::JobStatus::Pending,
+                attempts: 0,
+                last_upstream_status: None,
+                next_attempt_at: None,
+                created_at: std::time::SystemTime::now(),
+                finished_at: None,
+                result: None,
+                callback: crate::jobs::registry::CallbackState::None,
+            },
+        );
         // Already deferred: the owner must add the callback at once.
         assert!(w.attached(record.clone()).is_some());
         assert!(matches!(

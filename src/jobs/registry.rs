@@ -189,14 +189,18 @@ impl JobRecord {
 #[derive(Debug)]
 pub struct Registry {
     shards: Vec<Mutex<HashMap<JobId, Arc<JobRecord>>>>,
-    retention: Duration,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Registry {
-    pub fn new(retention: Duration) -> Registry {
+    pub fn new() -> Registry {
         Registry {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            retention,
         }
     }
 
@@ -222,15 +226,16 @@ impl Registry {
         self.shard(id).get(id).cloned()
     }
 
-    /// Removes finished jobs older than the retention time. Returns how many were removed.
-    pub fn sweep(&self, now: SystemTime) -> usize {
+    /// Removes jobs that finished `retention` or longer before `now` (`--job-retention`, read
+    /// by the caller so that a reload applies). Returns how many were removed.
+    pub fn sweep(&self, now: SystemTime, retention: Duration) -> usize {
         let mut removed = 0;
         for shard in &self.shards {
             let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
             map.retain(|_, record| {
                 let state = record.lock();
                 let expired = match state.finished_at {
-                    Some(t) => now.duration_since(t).unwrap_or_default() >= self.retention,
+                    Some(t) => now.duration_since(t).unwrap_or_default() >= retention,
                     None => false,
                 };
                 if expired {
@@ -364,7 +369,7 @@ mod tests {
 
     #[test]
     fn retention_sweep_keeps_open_and_recent_jobs() {
-        let reg = Registry::new(Duration::from_secs(60));
+        let reg = Registry::new();
         let open = reg.insert_with_id(JobId::random(), state());
         let done = reg.insert_with_id(JobId::random(), state());
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
@@ -373,8 +378,14 @@ mod tests {
             s.status = JobStatus::Succeeded;
             s.finished_at = Some(t0);
         }
-        assert_eq!(reg.sweep(t0 + Duration::from_secs(59)), 0);
-        assert_eq!(reg.sweep(t0 + Duration::from_secs(60)), 1);
+        assert_eq!(
+            reg.sweep(t0 + Duration::from_secs(59), Duration::from_secs(60)),
+            0
+        );
+        assert_eq!(
+            reg.sweep(t0 + Duration::from_secs(60), Duration::from_secs(60)),
+            1
+        );
         assert!(reg.get(&open.id).is_some());
         assert!(reg.get(&done.id).is_none());
     }
@@ -390,7 +401,7 @@ mod tests {
 
     #[test]
     fn status_document() {
-        let reg = Registry::new(Duration::from_secs(60));
+        let reg = Registry::new();
         let r = reg.insert_with_id(JobId::random(), state());
         r.lock().attempts = 2;
         r.lock().last_upstream_status = Some(502);

@@ -520,7 +520,7 @@ pub async fn serve_job(
             cell.finished.set(true);
             drop(request.open.take());
             return match slot.as_mut() {
-                Some(conn) => stream_response(worker, conn, head, answer).await,
+                Some(conn) => stream_response(worker, &request.routes, conn, head, answer).await,
                 None => Next::Close,
             };
         }
@@ -734,8 +734,8 @@ pub fn resume(worker: &Rc<Worker>, row: crate::store::JobRow) {
     let key = id.to_hex();
     let problem = {
         let mut request = cell.request.borrow_mut();
-        let idempotency = worker.config.idempotency_key.then_some(&key[..]);
-        let token = worker.config.token.expose().as_bytes();
+        let idempotency = routes.config.idempotency_key.then_some(&key[..]);
+        let token = routes.config.token.expose().as_bytes();
         match persist::restore(&row.request, token, idempotency, &mut request) {
             Err(why) => Some(why),
             Ok(()) => {
@@ -746,7 +746,7 @@ pub fn resume(worker: &Rc<Worker>, row: crate::store::JobRow) {
                 // the stored target carries the origin's path prefix, the allowlist does not.
                 let target = parts.next().unwrap_or(b"");
                 let path = target.split(|&b| b == b'?').next().unwrap_or(b"");
-                let prefix = worker.config.origin.path_prefix.as_bytes();
+                let prefix = routes.config.origin.path_prefix.as_bytes();
                 let path = path.strip_prefix(prefix).unwrap_or(path);
                 cell.endpoint.set(routes.allowlist.match_path(path));
                 match routes.limiters.index_of(&row.endpoint) {
@@ -793,7 +793,8 @@ async fn run_resumed(
                 Driven::Stored(stored) => stored,
                 // Not reached (nobody waits, so the answer is always stored), but harmless.
                 Driven::Direct(answer) => {
-                    match collect_response(&worker, answer, cell.method.get()).await {
+                    let routes = cell.routes(&worker);
+                    match collect_response(&worker, &routes, answer, cell.method.get()).await {
                         Ok(stored) => stored,
                         Err(e) => stored_error(&e),
                     }
@@ -882,7 +883,7 @@ async fn drive(worker: &Rc<Worker>, ctl: &Rc<JobCell>, key: Option<DedupKey>) ->
         let result = {
             // `send_attempt` copies the bytes before its first await: no borrow is held across.
             let request = ctl.request.borrow();
-            send_attempt(worker, &request, ctl.method.get())
+            send_attempt(worker, &routes, &request, ctl.method.get())
         }
         .await;
         let (retriable, retry_after) = match &result {
@@ -917,7 +918,7 @@ async fn drive(worker: &Rc<Worker>, ctl: &Rc<JobCell>, key: Option<DedupKey>) ->
         forget_key(worker, key, ctl);
         return match result {
             Ok(answer) if !ctl.must_store() => Driven::Direct(answer),
-            Ok(answer) => match collect_response(worker, answer, ctl.method.get()).await {
+            Ok(answer) => match collect_response(worker, &routes, answer, ctl.method.get()).await {
                 Ok(stored) => Driven::Stored(stored),
                 Err(e) => Driven::Stored(stored_error(&e)),
             },

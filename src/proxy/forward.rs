@@ -28,6 +28,7 @@ use crate::http::writer::{
 };
 use crate::http::{find_header, BodyFraming, Version};
 use crate::jobs::registry::StoredResponse;
+use crate::routing::Routes;
 use crate::server::worker::Worker;
 use crate::upstream::UpstreamConn;
 
@@ -49,7 +50,7 @@ pub enum PrepareError {
 /// replacing the query string when given) followed by the body in the request's own framing
 /// (a chunked body is decoded strictly and re-encoded as one chunk).
 pub async fn prepare(
-    worker: &Worker,
+    routes: &Routes,
     conn: &mut ClientConn,
     head: &RequestHead,
     bytes: &Bytes,
@@ -57,7 +58,7 @@ pub async fn prepare(
     extra_headers: &[(&[u8], &[u8])],
     out: &mut Vec<u8>,
 ) -> Result<usize, PrepareError> {
-    let config = &worker.config;
+    let config = &routes.config;
     let has_body = !matches!(head.framing, BodyFraming::None | BodyFraming::Length(0));
     if head.expect_continue && has_body && head.version == Version::Http11 {
         conn.out.clear();
@@ -137,6 +138,7 @@ pub struct Answer {
 /// Sends `request` (complete upstream request bytes) and reads the response head.
 pub fn send_attempt<'a>(
     worker: &'a Worker,
+    routes: &'a Routes,
     request: &[u8],
     method: Method,
 ) -> impl std::future::Future<Output = Result<Answer, ProxyError>> + 'a {
@@ -146,7 +148,7 @@ pub fn send_attempt<'a>(
     let mut out = worker.take_request_buf();
     out.extend_from_slice(request);
     async move {
-        let result = send_copy(worker, &mut out, method).await;
+        let result = send_copy(worker, routes, &mut out, method).await;
         worker.give_request_buf(out);
         result
     }
@@ -154,10 +156,11 @@ pub fn send_attempt<'a>(
 
 async fn send_copy(
     worker: &Worker,
+    routes: &Routes,
     request: &mut Vec<u8>,
     method: Method,
 ) -> Result<Answer, ProxyError> {
-    let timeouts = &worker.config.timeouts;
+    let timeouts = &routes.config.timeouts;
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -176,7 +179,7 @@ async fn send_copy(
         };
         let sent = flush_keep(&mut upstream, request).await;
         let result = match sent {
-            Ok(()) => read_response_head(worker, &mut upstream, method).await,
+            Ok(()) => read_response_head(routes, &mut upstream, method).await,
             Err(e) => Err(e),
         };
         match result {
@@ -230,6 +233,7 @@ fn client_framing(
 /// upstream connection when its response ended cleanly.
 pub async fn stream_response(
     worker: &Worker,
+    routes: &Routes,
     conn: &mut ClientConn,
     request: &RequestHead,
     answer: Answer,
@@ -263,7 +267,7 @@ pub async fn stream_response(
         encode,
         &mut conn.stream,
         &mut conn.out,
-        worker.config.timeouts.upstream_read,
+        routes.config.timeouts.upstream_read,
         u64::MAX,
     )
     .await;
@@ -285,6 +289,7 @@ pub async fn stream_response(
 /// result: a complete HTTP/1.1 head with `Content-Length`, and the body.
 pub async fn collect_response(
     worker: &Worker,
+    routes: &Routes,
     answer: Answer,
     method: Method,
 ) -> Result<StoredResponse, ProxyError> {
@@ -293,7 +298,7 @@ pub async fn collect_response(
         head: response,
         head_bytes,
     } = answer;
-    let limit = worker.config.executor.max_response_body_bytes;
+    let limit = routes.config.executor.max_response_body_bytes;
     let mut sink = Collect {
         body: Vec::new(),
         limit: usize::try_from(limit).unwrap_or(usize::MAX),
@@ -306,7 +311,7 @@ pub async fn collect_response(
         Encode::Raw,
         &mut sink,
         &mut scratch,
-        worker.config.timeouts.upstream_read,
+        routes.config.timeouts.upstream_read,
         limit,
     )
     .await;
@@ -404,16 +409,16 @@ fn release(worker: &Worker, mut upstream: UpstreamConn, response: &ResponseHead)
 /// Reads the origin's response head into the connection's buffer, skipping 1xx interim
 /// responses, within `--upstream-response-timeout-ms`.
 async fn read_response_head(
-    worker: &Worker,
+    routes: &Routes,
     upstream: &mut UpstreamConn,
     method: Method,
 ) -> Result<(ResponseHead, Bytes), ProxyError> {
-    let deadline = Instant::now() + worker.config.timeouts.upstream_response;
+    let deadline = Instant::now() + routes.config.timeouts.upstream_response;
     let mut seen_any = false;
     loop {
         if !upstream.buf.is_empty() {
             seen_any = true;
-            match parse_response(&upstream.buf, &worker.limits, method) {
+            match parse_response(&upstream.buf, &routes.head_limits, method) {
                 Ok(Some(head)) if head.status == 101 => {
                     return Err(ProxyError::UpstreamMalformed(
                         "unexpected 101 Switching Protocols",

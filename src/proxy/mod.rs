@@ -167,7 +167,6 @@ async fn handle(
     let Some(conn) = slot.as_mut() else {
         return Next::Close;
     };
-    let config = &worker.config;
     let has_body = !matches!(head.framing, BodyFraming::None | BodyFraming::Length(0));
     // Without reading the body, the next request's start is unknown: close after answering.
     let keep_alive_without_body = head.keep_alive && !has_body;
@@ -177,6 +176,7 @@ async fn handle(
     }
     // This request's route table: a reload after this point does not change its settings.
     let routes = worker.routes();
+    let config = &routes.config;
     let Some(endpoint) = routes.allowlist.match_path(path) else {
         return reply_error(
             conn,
@@ -242,7 +242,7 @@ async fn handle(
     };
     let mut request = worker.take_request_buf();
     let prepared =
-        forward::prepare(worker, conn, head, bytes, query, idempotency, &mut request).await;
+        forward::prepare(&routes, conn, head, bytes, query, idempotency, &mut request).await;
     let body_start = match prepared {
         Ok(at) => at,
         Err(forward::PrepareError::Gone) => {
@@ -259,7 +259,7 @@ async fn handle(
     };
     // Every forwarded request is an open job until its terminal state. The place is taken
     // only once the body is in, so slow uploads cannot hold `--max-inflight` hostage.
-    let Some(open_job) = worker.open_job() else {
+    let Some(open_job) = worker.open_job(config.executor.max_inflight) else {
         worker.give_request_buf(query_buf);
         worker.give_request_buf(request);
         return reply_overloaded(conn, head.keep_alive).await;
@@ -412,11 +412,12 @@ enum HeadRead {
 /// `--client-idle-timeout-ms` for a first byte; once a head has started, it must complete
 /// within `--client-header-timeout-ms`.
 async fn read_head(worker: &Worker, conn: &mut ClientConn) -> HeadRead {
-    let timeouts = &worker.config.timeouts;
+    let routes = worker.routes();
+    let timeouts = &routes.config.timeouts;
     let mut header_deadline: Option<Instant> = None;
     loop {
         if !conn.buf.is_empty() {
-            match parse_request(&conn.buf, &worker.limits) {
+            match parse_request(&conn.buf, &routes.head_limits) {
                 Ok(Some(head)) => {
                     let bytes = conn.buf.split_to(head.head_len).freeze();
                     return HeadRead::Head(head, bytes);

@@ -1,12 +1,17 @@
 //! The reloadable route table ([`Routes`]): the allowlist, each endpoint's run-time settings
 //! (allowed methods, retry policy, dedup mode, deadline) in a `Vec` indexed by allowlist entry,
-//! and the rate limiters the endpoints draw from.
+//! the rate limiters the endpoints draw from, and the rest of the reloadable configuration
+//! (timeouts, size limits, `--max-inflight`, Idempotency-Key, token, retention, shutdown grace,
+//! the webhook sender's settings): everything a SIGHUP can change.
 //!
 //! Built on the main thread from a validated [`Config`] at start-up and again on every SIGHUP
 //! reload ([`Routes::build`] with the previous table): a limiter whose name, rate, algorithm
 //! and margin are unchanged is carried over (the same `Arc`, so its window and this process's
 //! send history continue); a changed or new one starts empty. Workers swap the new table in
-//! before their next request (`Worker::routes`); a job keeps the table it started with.
+//! before their next request (`Worker::routes`); a job keeps the table it started with, so its
+//! attempts keep their timeouts, retry policy and token. Settings fixed at start-up (listen
+//! address, port, workers, origin, CA file, data dir) are carried over from `previous` by the
+//! caller (see `main.rs`'s reload).
 //!
 //! Not here: matching paths (`super::allowlist`), parsing the file (`crate::config_file`).
 
@@ -15,8 +20,10 @@ use std::time::Duration;
 
 use crate::config::{Config, DedupMode, LimitChoice};
 use crate::http::request::Method;
+use crate::http::HeadLimits;
 use crate::jobs::backoff::RetryPolicy;
 use crate::limit::{Limiter, Registry, Scope, ORIGIN_LIMITER};
+use crate::webhook::SenderConfig;
 
 use super::Allowlist;
 
@@ -54,9 +61,16 @@ impl Endpoint {
     }
 }
 
-/// The allowlist, its endpoints' settings and their limiters: everything a reload replaces.
-#[derive(Debug)]
+/// The allowlist, its endpoints' settings, their limiters and the configuration they were built
+/// from: everything a reload replaces.
 pub struct Routes {
+    /// The configuration of this table. Reloadable settings are read here, never from the
+    /// configuration the process started with.
+    pub config: Arc<Config>,
+    /// Head parsing limits (`--max-head-bytes`, `--max-headers`).
+    pub head_limits: HeadLimits,
+    /// What the webhook senders deliver with (validated).
+    pub webhook: Arc<SenderConfig>,
     pub allowlist: Allowlist,
     /// Indexed like the allowlist.
     pub endpoints: Vec<Endpoint>,
@@ -78,9 +92,20 @@ const METHODS: [(Method, &str); 9] = [
     (Method::Connect, "CONNECT"),
 ];
 
+impl std::fmt::Debug for Routes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Routes")
+            .field("allowlist", &self.allowlist)
+            .field("limiters", &self.limiters.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Routes {
-    /// The table of `config`, keeping the limiters of `previous` that did not change.
-    pub fn build(config: &Config, previous: Option<&Routes>) -> Result<Routes, String> {
+    /// The table of `config`, keeping the limiters of `previous` that did not change (and its
+    /// TLS roots for callbacks: `--ca-file` is read at start-up only).
+    pub fn build(config: Arc<Config>, previous: Option<&Routes>) -> Result<Routes, String> {
+        let webhook = Arc::new(webhook_config(&config, previous)?);
         let ex = &config.executor;
         let margin_for = |spec: crate::limit::RateSpec| {
             if config.rate_limit_margin_given {
@@ -170,10 +195,16 @@ impl Routes {
             })
             .collect();
         Ok(Routes {
+            head_limits: HeadLimits {
+                max_head_bytes: config.max_head_bytes,
+                max_headers: config.max_headers,
+            },
+            webhook,
             allowlist: config.allowlist.clone(),
             endpoints,
             limiters,
             retry: ex.retry.clone(),
+            config,
         })
     }
 
@@ -184,6 +215,26 @@ impl Routes {
     pub fn endpoint(&self, i: usize) -> &Endpoint {
         &self.endpoints[i]
     }
+}
+
+/// The webhook sender's settings of `config`; TLS roots carried over from `previous`.
+fn webhook_config(config: &Config, previous: Option<&Routes>) -> Result<SenderConfig, String> {
+    let tls = match previous {
+        Some(p) => p.webhook.tls.clone(),
+        None => Arc::new(crate::upstream::tls::client_config(
+            config.ca_file.as_deref(),
+        )?),
+    };
+    let ex = &config.executor;
+    let mut sender = SenderConfig::new(tls);
+    sender.secret = ex.webhook_secret.clone();
+    sender.allow = ex.callback_allow.clone();
+    sender.retry = ex.webhook_retry;
+    sender.request_timeout = ex.webhook_timeout;
+    sender
+        .validate()
+        .map_err(|e| format!("cannot start the webhook sender: {e}"))?;
+    Ok(sender)
 }
 
 #[cfg(test)]
@@ -213,7 +264,7 @@ mod tests {
              [[endpoint]]\npath = \"/b\"\ngroup = \"g\"\nmethods = [\"GET\", \"POST\"]\n\
              [group.g]\nrate_limit = \"5/1s\"\n",
         );
-        let first = Routes::build(&one, None).unwrap();
+        let first = Routes::build(Arc::new(one), None).unwrap();
         assert_eq!(first.limiters.len(), 2);
         assert_eq!(&*first.endpoint(1).allow, "GET, POST");
         assert!(first.endpoint(1).allows(Method::Post) && !first.endpoint(1).allows(Method::Put));
@@ -224,7 +275,7 @@ mod tests {
              [[endpoint]]\npath = \"/c\"\ngroup = \"g\"\n\
              [group.g]\nrate_limit = \"5/1s\"\n",
         );
-        let second = Routes::build(&two, Some(&first)).unwrap();
+        let second = Routes::build(Arc::new(two), Some(&first)).unwrap();
         let g_old = first.limiters.index_of("g").unwrap();
         let g_new = second.limiters.index_of("g").unwrap();
         assert!(Arc::ptr_eq(

@@ -173,7 +173,7 @@ impl Server {
         } = self;
         shared.shutdown.trigger();
         let until = std::time::Instant::now()
-            + shared.config.shutdown_grace
+            + shared.routes.current().config.shutdown_grace
             + std::time::Duration::from_secs(1);
         let mut left = workers;
         while left > 0 {
@@ -283,7 +283,7 @@ fn run_worker(
         let worker = Rc::new(Worker::new(id, &shared));
         monoio::spawn(worker.timers.clone().run());
         monoio::spawn(sweep_pool(worker.clone()));
-        if shared.config.workers > 1 {
+        if shared.start_config.workers > 1 {
             monoio::spawn(crate::jobs::run::serve_remote_duplicates(worker.clone()));
         }
         let done = shared
@@ -411,8 +411,8 @@ fn shared_state(
     drained: mpsc::Sender<usize>,
 ) -> Result<Shared, String> {
     let ex = &config.executor;
-    let routes = crate::routing::Routes::build(&config, None)?;
-    let registry = Arc::new(crate::jobs::registry::Registry::new(ex.job_retention));
+    let routes = crate::routing::Routes::build(config.clone(), None)?;
+    let registry = Arc::new(crate::jobs::registry::Registry::new());
     // The process clock starts one day in the past (less on a machine up for less than that), so
     // that send times restored from before a restart are still positive on it.
     let now = std::time::Instant::now();
@@ -433,21 +433,11 @@ fn shared_state(
             record_delivery_in_store(store, &report);
         }
     });
-    let tls = crate::upstream::tls::client_config(config.ca_file.as_deref())?;
-    let mut sender_config = crate::webhook::SenderConfig::new(Arc::new(tls));
-    sender_config.secret = ex.webhook_secret.clone();
-    sender_config.allow = ex.callback_allow.clone();
-    sender_config.retry = ex.webhook_retry;
-    sender_config.request_timeout = ex.webhook_timeout;
-    sender_config
-        .validate()
-        .map_err(|e| format!("cannot start the webhook sender: {e}"))?;
     Ok(Shared {
-        config: config.clone(),
+        start_config: config.clone(),
         upstream,
         routes: Arc::new(worker::RoutesSlot::new(routes)),
         registry,
-        webhook_config: Arc::new(sender_config),
         webhook_report: report,
         open_jobs: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         open_keys: Arc::new(crate::jobs::crosscore::OpenKeys::new(
@@ -683,13 +673,12 @@ async fn sweep_jobs(worker: Rc<Worker>) {
     loop {
         monoio::time::sleep(JOB_SWEEP_INTERVAL).await;
         let now = std::time::SystemTime::now();
-        worker.registry.sweep(now);
+        let retention = worker.routes().config.executor.job_retention;
+        worker.registry.sweep(now, retention);
         // The store forgets them too (a job whose callback is still pending stays until the
         // delivery settles): the data dir does not grow without bound.
         if let Some(store) = &worker.store {
-            let before = now
-                .checked_sub(worker.config.executor.job_retention)
-                .unwrap_or(std::time::UNIX_EPOCH);
+            let before = now.checked_sub(retention).unwrap_or(std::time::UNIX_EPOCH);
             let finished_before_ms = crate::jobs::persist::unix_ms(before);
             let _ = store.submit(crate::store::Op::Sweep { finished_before_ms });
         }

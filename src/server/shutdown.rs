@@ -177,7 +177,7 @@ const DRAIN_POLL: Duration = Duration::from_millis(10);
 pub async fn drain_worker(worker: Rc<Worker>, done: std::sync::mpsc::Sender<usize>) {
     worker.shutdown.wait().await;
     worker.drain.start();
-    let until = Instant::now() + worker.config.shutdown_grace;
+    let until = Instant::now() + worker.routes().config.shutdown_grace;
     while worker.drain.connections() > 0 && Instant::now() < until {
         monoio::time::sleep(DRAIN_POLL).await;
     }

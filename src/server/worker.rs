@@ -1,8 +1,9 @@
 //! Per-core state: everything one worker thread's tasks share, without locks.
 //!
 //! A [`Worker`] lives in an `Rc` on its own thread (monoio tasks are `!Send`): the read-only
-//! [`Shared`] state of the process (configuration, origin, rate limiters, deferred-job
-//! registry, webhook sender configuration: `Arc`s shared with the other workers), and this
+//! [`Shared`] state of the process (start-up configuration, origin, the current route table
+//! with the reloadable configuration, deferred-job registry: `Arc`s shared with the other
+//! workers), and this
 //! core's own parts: the upstream keep-alive pool, the timer service, the webhook sender, the
 //! rate-limit wait queues, a random generator for retry jitter, and pools of reusable buffers.
 
@@ -16,7 +17,6 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::BytesMut;
 
 use crate::config::Config;
-use crate::http::HeadLimits;
 use crate::jobs::backoff::Rng;
 use crate::jobs::crosscore::OpenKeys;
 use crate::jobs::registry::{JobId, JobRecord, JobStatus, Registry, StoredResponse};
@@ -26,7 +26,7 @@ use crate::routing::Routes;
 use crate::timer::Timers;
 use crate::upstream::pool::Pool;
 use crate::upstream::Upstream;
-use crate::webhook::{CallbackUrl, Delivery, JobOutcome, ReportHook, Sender, SenderConfig};
+use crate::webhook::{CallbackUrl, Delivery, JobOutcome, ReportHook, Sender};
 
 /// Initial capacity of a client connection's read buffer. Typical request heads are well under
 /// 1 KiB; the buffer grows (up to `--max-head-bytes` for heads) only when needed.
@@ -84,13 +84,14 @@ impl RoutesSlot {
 
 /// State shared by all workers (read-only or internally synchronised).
 pub struct Shared {
-    pub config: Arc<Config>,
+    /// The configuration the process started with: only for what a reload cannot change
+    /// (listen address, workers, origin, data dir). Everything else is read from the current
+    /// route table (`routes`), which a reload replaces.
+    pub start_config: Arc<Config>,
     pub upstream: Arc<Upstream>,
     /// The route table new requests use (replaced by a reload).
     pub routes: Arc<RoutesSlot>,
     pub registry: Arc<Registry>,
-    /// What every worker's webhook sender runs with (validated at start-up).
-    pub webhook_config: Arc<SenderConfig>,
     /// Called after every delivery attempt, on the worker that made it: records the outcome on
     /// the job.
     pub webhook_report: ReportHook,
@@ -114,7 +115,6 @@ pub struct Shared {
 
 pub struct Worker {
     pub id: usize,
-    pub config: Arc<Config>,
     pub upstream: Arc<Upstream>,
     routes_slot: Arc<RoutesSlot>,
     /// This core's copy of the current route table (an `Rc`, so a job takes it without
@@ -132,7 +132,6 @@ pub struct Worker {
     /// This worker's drain state (connections open, draining, halted).
     pub drain: Rc<super::shutdown::Drain>,
     pub pool: RefCell<Pool>,
-    pub limits: HeadLimits,
     pub timers: Rc<Timers>,
     pub slots: SlotQueues,
     pub rng: RefCell<Rng>,
@@ -150,11 +149,8 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(id: usize, shared: &Shared) -> Worker {
-        let config = shared.config.clone();
-        let limits = HeadLimits {
-            max_head_bytes: config.max_head_bytes,
-            max_headers: config.max_headers,
-        };
+        let routes = shared.routes.current();
+        let config = &routes.config;
         let pool = Pool::new(config.upstream_max_idle, config.timeouts.upstream_idle);
         // Jitter only needs to differ between workers and runs, not to be secret.
         let seed = shared
@@ -165,7 +161,7 @@ impl Worker {
             | 1;
         let timers = Timers::new(shared.epoch, TIMER_TICK);
         let webhooks = Sender::new(
-            shared.webhook_config.clone(),
+            routes.webhook.clone(),
             timers.clone(),
             shared.webhook_report.clone(),
         );
@@ -173,7 +169,7 @@ impl Worker {
             id,
             upstream: shared.upstream.clone(),
             routes_generation: Cell::new(shared.routes.generation()),
-            routes: RefCell::new(Rc::new(crate::routing::CoreRoutes(shared.routes.current()))),
+            routes: RefCell::new(Rc::new(crate::routing::CoreRoutes(routes.clone()))),
             routes_slot: shared.routes.clone(),
             registry: shared.registry.clone(),
             webhooks,
@@ -183,7 +179,6 @@ impl Worker {
             shutdown: shared.shutdown.clone(),
             drain: Rc::new(super::shutdown::Drain::default()),
             pool: RefCell::new(pool),
-            limits,
             timers,
             slots: SlotQueues::new(0),
             rng: RefCell::new(Rng::new(seed)),
@@ -193,26 +188,30 @@ impl Worker {
             epoch_wall: shared.epoch_wall,
             bufs: RefCell::new(Vec::new()),
             request_bufs: RefCell::new(Vec::new()),
-            config,
         }
     }
 
-    /// The route table for a new request: this core's copy, refreshed first when a reload
-    /// replaced the shared one.
+    /// The route table (and reloadable configuration) for a new request: this core's copy,
+    /// refreshed first when a reload replaced the shared one. A refresh also hands the new
+    /// settings to this core's upstream pool and webhook sender.
     pub fn routes(&self) -> Rc<crate::routing::CoreRoutes> {
         let generation = self.routes_slot.generation();
         if generation != self.routes_generation.get() {
-            *self.routes.borrow_mut() =
-                Rc::new(crate::routing::CoreRoutes(self.routes_slot.current()));
+            let routes = self.routes_slot.current();
+            let config = &routes.config;
+            self.pool
+                .borrow_mut()
+                .set_limits(config.upstream_max_idle, config.timeouts.upstream_idle);
+            self.webhooks.set_config(routes.webhook.clone());
+            *self.routes.borrow_mut() = Rc::new(crate::routing::CoreRoutes(routes));
             self.routes_generation.set(generation);
         }
         self.routes.borrow().clone()
     }
 
-    /// Counts a new open job, or refuses it when `--max-inflight` jobs are open already. The
-    /// slot is released when the returned guard drops (the job reached a terminal state).
-    pub fn open_job(&self) -> Option<OpenJob> {
-        let cap = self.config.executor.max_inflight;
+    /// Counts a new open job, or refuses it when `cap` (`--max-inflight`) jobs are open already.
+    /// The slot is released when the returned guard drops (the job reached a terminal state).
+    pub fn open_job(&self, cap: usize) -> Option<OpenJob> {
         let before = self.open_jobs.fetch_add(1, Ordering::AcqRel);
         if before >= cap {
             self.open_jobs.fetch_sub(1, Ordering::AcqRel);

@@ -28,6 +28,15 @@ impl<C> Pool<C> {
         }
     }
 
+    /// New limits (a reload): connections beyond `max_idle` are closed, oldest first; the new
+    /// idle timeout applies from the next check.
+    pub fn set_limits(&mut self, max_idle: usize, idle_timeout: Duration) {
+        self.max_idle = max_idle;
+        self.idle_timeout = idle_timeout;
+        let excess = self.idle.len().saturating_sub(max_idle);
+        self.idle.drain(..excess);
+    }
+
     /// The freshest idle connection that has not expired, if any. Expired ones met on the way
     /// are dropped (closed).
     pub fn take(&mut self, now: Instant) -> Option<C> {

@@ -184,9 +184,11 @@ struct Entry {
 }
 
 struct Inner {
-    config: Arc<SenderConfig>,
+    /// Replaced by a reload; each attempt takes the current one when it starts.
+    config: RefCell<Arc<SenderConfig>>,
     timers: Rc<Timers>,
     report: ReportHook,
+    /// From the first configuration: TLS roots (`--ca-file`) are fixed at start-up.
     tls: TlsConnector,
     records: RefCell<Slab<Entry>>,
     next_seq: Cell<u64>,
@@ -215,7 +217,7 @@ impl Sender {
         let tls = TlsConnector::from(Arc::clone(&config.tls));
         Sender {
             inner: Rc::new(Inner {
-                config,
+                config: RefCell::new(config),
                 timers,
                 report,
                 tls,
@@ -253,6 +255,18 @@ impl Sender {
         });
         spawn_guarded(deliver(Rc::clone(inner), key));
         Ok(())
+    }
+
+    /// New settings (a reload, validated by the caller): attempts that start from now on use
+    /// them (signing secret, allow list, timeout, retry schedule); an attempt under way
+    /// finishes with the settings it started with. TLS roots stay those of the first
+    /// configuration.
+    pub fn set_config(&self, config: Arc<SenderConfig>) {
+        let inner = &self.inner;
+        if Arc::ptr_eq(&inner.config.borrow(), &config) {
+            return;
+        }
+        *inner.config.borrow_mut() = config;
     }
 
     /// Deliveries not finished yet: waiting for their due time plus in flight.
@@ -420,14 +434,9 @@ async fn deliver(inner: Rc<Inner>, key: usize) {
             }
         };
         let report = {
+            let retry = inner.config.borrow().retry;
             let mut rng = inner.rng.borrow_mut();
-            settle(
-                record,
-                result,
-                &inner.config.retry,
-                SystemTime::now(),
-                &mut *rng,
-            )
+            settle(record, result, &retry, SystemTime::now(), &mut *rng)
         };
         let done = report.outcome.is_final();
         // A finished record leaves the books before its report, so `pending()` is already 0
@@ -477,7 +486,7 @@ async fn within<F: Future>(timer: &mut Sleep, op: F) -> Option<F::Output> {
 
 /// One attempt, start to close.
 async fn attempt(inner: &Inner, d: &Delivery) -> AttemptResult {
-    let config = &inner.config;
+    let config = inner.config.borrow().clone();
     let signing = config
         .secret
         .as_ref()
