@@ -38,6 +38,8 @@ use worker::{Shared, Worker};
 /// io_uring submission queue entries per worker. Every pending socket read is an entry in
 /// flight, so this bounds how many operations a worker can queue at once before submitting.
 pub const URING_ENTRIES: u32 = 16 * 1024;
+/// Accept operations each io_uring worker keeps in flight (see `accept_loop`).
+pub const ACCEPTS_IN_FLIGHT: usize = 16;
 /// Listen backlog per listener (the kernel caps it at `net.core.somaxconn`).
 pub const LISTEN_BACKLOG: i32 = 4096;
 /// How often each worker closes pooled upstream connections that passed their idle timeout,
@@ -310,6 +312,17 @@ fn run_worker(
         if id == 0 {
             monoio::spawn(sweep_jobs(worker.clone()));
         }
+        // io_uring completes one accept per pending operation and loop turn: with one in
+        // flight, a burst of a thousand connections would wait for a thousand turns of a busy
+        // worker (seconds). epoll's accept drains the backlog in one go without yielding.
+        let listener = Rc::new(listener);
+        let loops = match driver {
+            Driver::IoUring => ACCEPTS_IN_FLIGHT,
+            Driver::Epoll => 1,
+        };
+        for _ in 1..loops {
+            monoio::spawn(accept_loop(worker.clone(), listener.clone()));
+        }
         accept_loop(worker, listener).await;
         // Shutting down: the listener is closed; the runtime keeps running the connections,
         // jobs and the drain task until the process exits.
@@ -340,9 +353,10 @@ fn build_runtime(
         .build()
 }
 
-/// Accepts connections forever. One `accept` future at a time, never dropped mid-flight
-/// (monoio 0.2.4 can leak an accepted fd when an `accept` loses a cancellation race).
-async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
+/// Accepts connections until shutdown. One `accept` future at a time per loop, never dropped
+/// mid-flight (monoio 0.2.4 can leak an accepted fd when an `accept` loses a cancellation race);
+/// with io_uring, [`ACCEPTS_IN_FLIGHT`] loops share the listener.
+async fn accept_loop(worker: Rc<Worker>, listener: Rc<TcpListener>) {
     loop {
         // Raced with the shutdown signal: at shutdown the pending accept is dropped (monoio may
         // leak one fd then; the process is exiting) and the listener closes.
