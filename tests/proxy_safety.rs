@@ -329,6 +329,39 @@ fn idle_keep_alive_connections_are_closed() {
     });
 }
 
+/// An idle keep-alive connection parks after `PARK_AFTER` (200 ms: it gives back its read
+/// buffer and request task, see `src/proxy/mod.rs`) and wakes for the next request. Gaps around
+/// the park moment catch a request lost while the idle read is cancelled.
+#[test]
+fn parked_keep_alive_connections_serve_the_next_request() {
+    for_both_drivers(|legacy| {
+        let origin = MockOrigin::echo();
+        let sluice = start_proxy(&origin.url(), &[], legacy);
+        let mut client = sluice.connect();
+        let gaps = [0u64, 150, 190, 200, 205, 210, 250, 400, 195, 220, 600, 0];
+        for (i, gap) in gaps.iter().enumerate() {
+            std::thread::sleep(std::time::Duration::from_millis(*gap));
+            let resp = client.get(&format!("/crypto/sign?n={i}"));
+            assert_eq!(resp.status, 200, "request {i} after {gap} ms idle");
+            assert!(
+                resp.body_text().contains(&format!("n={i}")),
+                "{}",
+                resp.body_text()
+            );
+        }
+        // Pipelined after a long idle: both answered, in order.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        client.send(format!(
+            "{}{}",
+            get("/crypto/sign?p=1"),
+            get("/crypto/sign?p=2")
+        ));
+        assert!(client.response().body_text().contains("p=1"));
+        assert!(client.response().body_text().contains("p=2"));
+        assert_eq!(origin.connections(), 1, "one upstream connection, reused");
+    });
+}
+
 #[test]
 fn stalled_request_bodies_time_out() {
     for_both_drivers(|legacy| {

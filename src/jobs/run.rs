@@ -457,61 +457,11 @@ pub async fn serve_job(
         cell.published.set(request.published.take());
     }
     let callback = request.callback.take();
-    let outcome = {
-        let mut driver = pin!(drive(worker, cell, key));
-        let mut timer = pin!(worker.timers.sleep_until(deadline));
-        let first = Race {
-            driver: driver.as_mut(),
-            deadline: timer.as_mut(),
-            cell,
-            client: slot.as_ref().map(|c| &c.stream),
-            watch: None,
-        }
-        .await;
-        match first {
-            RaceEnd::Driven(driven) => driven,
-            RaceEnd::ClientGone => {
-                cell.client_waiting.set(false);
-                *slot = None;
-                let others = cell.attached.get() > 0 || cell.record.borrow().is_some();
-                if cell.attempts.get() == 0 && callback.is_none() && !others {
-                    // Nothing was sent and nobody else wants the answer: cancel. Dropping the
-                    // driver leaves the rate-limit queue.
-                    forget_key(worker, key, cell);
-                    crate::log::debug(format_args!("job cancelled: its client went away"));
-                    return Next::Close;
-                }
-                if callback.is_some() {
-                    cell.ensure_record(worker);
-                    cell.add_callback(callback);
-                    // Nobody waits for a 202 here, but the callback is owed: store the job.
-                    drop(cell.persist(worker));
-                }
-                driver.await
-            }
-            RaceEnd::Defer => {
-                // Deferred: register, answer 202, hand the connection to a new task, and keep
-                // driving the job here.
-                cell.client_waiting.set(false);
-                let record = cell.ensure_record(worker);
-                cell.add_callback(callback);
-                crate::log::debug(format_args!("job {} deferred", record.id.as_string()));
-                let durable = cell.persist(worker);
-                if let Some(mut conn) = slot.take() {
-                    // The 202 is written by the connection's new task (once the job is
-                    // stored): a client that does not read must not stall this job (or the
-                    // rate-limit queue it heads).
-                    let (w, record, keep_alive) = (worker.clone(), record.clone(), head.keep_alive);
-                    crate::server::spawn_guarded(async move {
-                        let next = answer_accepted_durably(&mut conn, &record, keep_alive, durable);
-                        if next.await == Next::KeepAlive {
-                            crate::proxy::continue_serving(w, conn).await;
-                        }
-                    });
-                }
-                driver.await
-            }
-        }
+    // In a function of its own, so the driver's state is gone (its memory reused) while the
+    // answer streams: the connection's task stays small.
+    let Some(outcome) = until_driven(worker, slot, head, cell, key, callback, deadline).await
+    else {
+        return Next::Close;
     };
     worker.give_request_buf(std::mem::take(&mut *cell.request.borrow_mut()));
     let stored = match outcome {
@@ -540,6 +490,75 @@ pub async fn serve_job(
         }
         Some(_) => Next::Close,
         None => Next::Detached,
+    }
+}
+
+/// Drives the job until it has an outcome for this request: while the client waits (until
+/// `deadline`), then, after a deferral or when the client left with a callback owed, until the
+/// end. `None`: the client left before anything was sent and nobody else wants the answer (the
+/// job is cancelled).
+async fn until_driven(
+    worker: &Rc<Worker>,
+    slot: &mut Option<ClientConn>,
+    head: &RequestHead,
+    cell: &Rc<JobCell>,
+    key: Option<DedupKey>,
+    callback: Option<crate::webhook::CallbackUrl>,
+    deadline: u64,
+) -> Option<Driven> {
+    let mut driver = pin!(drive(worker, cell, key));
+    let mut timer = pin!(worker.timers.sleep_until(deadline));
+    let first = Race {
+        driver: driver.as_mut(),
+        deadline: timer.as_mut(),
+        cell,
+        client: slot.as_ref().map(|c| &c.stream),
+        watch: None,
+    }
+    .await;
+    match first {
+        RaceEnd::Driven(driven) => Some(driven),
+        RaceEnd::ClientGone => {
+            cell.client_waiting.set(false);
+            *slot = None;
+            let others = cell.attached.get() > 0 || cell.record.borrow().is_some();
+            if cell.attempts.get() == 0 && callback.is_none() && !others {
+                // Nothing was sent and nobody else wants the answer: cancel. Dropping the
+                // driver leaves the rate-limit queue.
+                forget_key(worker, key, cell);
+                crate::log::debug(format_args!("job cancelled: its client went away"));
+                return None;
+            }
+            if callback.is_some() {
+                cell.ensure_record(worker);
+                cell.add_callback(callback);
+                // Nobody waits for a 202 here, but the callback is owed: store the job.
+                drop(cell.persist(worker));
+            }
+            Some(driver.await)
+        }
+        RaceEnd::Defer => {
+            // Deferred: register, answer 202, hand the connection to a new task, and keep
+            // driving the job here.
+            cell.client_waiting.set(false);
+            let record = cell.ensure_record(worker);
+            cell.add_callback(callback);
+            crate::log::debug(format_args!("job {} deferred", record.id.as_string()));
+            let durable = cell.persist(worker);
+            if let Some(mut conn) = slot.take() {
+                // The 202 is written by the connection's new task (once the job is
+                // stored): a client that does not read must not stall this job (or the
+                // rate-limit queue it heads).
+                let (w, record, keep_alive) = (worker.clone(), record.clone(), head.keep_alive);
+                crate::server::spawn_guarded(async move {
+                    let next = answer_accepted_durably(&mut conn, &record, keep_alive, durable);
+                    if next.await == Next::KeepAlive {
+                        crate::proxy::continue_serving(w, conn).await;
+                    }
+                });
+            }
+            Some(driver.await)
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 //! [`READ_CHUNK_BYTES`] plus one output buffer of about the same size, whatever the body size.
 
 use std::io;
+use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -17,6 +18,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
 use crate::http::chunked::{write_chunk_header, Chunk, ChunkedDecoder, LAST_CHUNK};
 use crate::http::BodyFraming;
+use crate::timer::Timers;
 
 /// Free space guaranteed in a read buffer before each body read: 16 KiB per read keeps syscalls
 /// per MiB low without holding much memory per connection.
@@ -52,6 +54,7 @@ pub async fn read_more<R: AsyncReadRent>(
     src: &mut R,
     buf: &mut BytesMut,
     min_free: usize,
+    timers: &Rc<Timers>,
     timeout: Duration,
 ) -> io::Result<usize> {
     if buf.capacity() - buf.len() < min_free {
@@ -59,12 +62,13 @@ pub async fn read_more<R: AsyncReadRent>(
     }
     let owned = std::mem::take(buf);
     let (len, cap) = (owned.len(), owned.capacity());
-    match monoio::time::timeout(timeout, src.read(owned.slice_mut(len..cap))).await {
-        Ok((res, slice)) => {
+    let read = std::pin::pin!(src.read(owned.slice_mut(len..cap)));
+    match timers.within(timeout, read).await {
+        Some((res, slice)) => {
             *buf = slice.into_inner();
             res
         }
-        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "read timed out")),
+        None => Err(io::Error::new(io::ErrorKind::TimedOut, "read timed out")),
     }
 }
 
@@ -137,6 +141,7 @@ pub async fn pump<R: AsyncReadRent, W: BodySink>(
     encode: Encode,
     dst: &mut W,
     out: &mut Vec<u8>,
+    timers: &Rc<Timers>,
     read_timeout: Duration,
     limit: u64,
 ) -> Result<u64, PumpError> {
@@ -223,7 +228,7 @@ pub async fn pump<R: AsyncReadRent, W: BodySink>(
         }
         // 2. Send what was produced, then read more.
         dst.take(out).await.map_err(PumpError::Write)?;
-        match read_more(src, pending, READ_CHUNK_BYTES, read_timeout).await {
+        match read_more(src, pending, READ_CHUNK_BYTES, timers, read_timeout).await {
             Ok(0) => {
                 if matches!(progress, Progress::UntilEof) {
                     if encode == Encode::Chunked {

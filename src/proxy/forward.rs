@@ -15,6 +15,7 @@
 //! A connection goes back to the pool only when its response was read to the exact end its
 //! framing announced; one that saw a timeout, error or unread body is dropped (closed).
 
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
@@ -30,6 +31,7 @@ use crate::http::{find_header, BodyFraming, Version};
 use crate::jobs::registry::StoredResponse;
 use crate::routing::Routes;
 use crate::server::worker::Worker;
+use crate::timer::Timers;
 use crate::upstream::UpstreamConn;
 
 use super::body::{flush_out, pump, read_more, Collect, Encode, PumpError, READ_CHUNK_BYTES};
@@ -49,7 +51,9 @@ pub enum PrepareError {
 /// and writes the complete upstream request into `out`, returning where the body starts: the edited head (with `query`
 /// replacing the query string when given) followed by the body in the request's own framing
 /// (a chunked body is decoded strictly and re-encoded as one chunk).
+#[allow(clippy::too_many_arguments)] // one call site; each argument is a different borrow
 pub async fn prepare(
+    timers: &Rc<Timers>,
     routes: &Routes,
     conn: &mut ClientConn,
     head: &RequestHead,
@@ -100,6 +104,7 @@ pub async fn prepare(
         encode,
         &mut sink,
         &mut scratch,
+        timers,
         config.timeouts.client_body,
         limit,
     )
@@ -168,18 +173,23 @@ async fn send_copy(
         let mut upstream = match pooled {
             Some(c) => c,
             None => {
-                match monoio::time::timeout(timeouts.upstream_connect, worker.upstream.connect())
+                // Boxed: a connect (TCP, maybe a TLS handshake) is rare once the pool is warm,
+                // and its large state would otherwise sit in every connection's task.
+                let mut connect = Box::pin(worker.upstream.connect());
+                match worker
+                    .timers
+                    .within(timeouts.upstream_connect, connect.as_mut())
                     .await
                 {
-                    Ok(Ok(c)) => c,
-                    Ok(Err(e)) => return Err(e),
-                    Err(_) => return Err(ProxyError::UpstreamConnectTimeout),
+                    Some(Ok(c)) => c,
+                    Some(Err(e)) => return Err(e),
+                    None => return Err(ProxyError::UpstreamConnectTimeout),
                 }
             }
         };
         let sent = flush_keep(&mut upstream, request).await;
         let result = match sent {
-            Ok(()) => read_response_head(routes, &mut upstream, method).await,
+            Ok(()) => read_response_head(&worker.timers, routes, &mut upstream, method).await,
             Err(e) => Err(e),
         };
         match result {
@@ -267,6 +277,7 @@ pub async fn stream_response(
         encode,
         &mut conn.stream,
         &mut conn.out,
+        &worker.timers,
         routes.config.timeouts.upstream_read,
         u64::MAX,
     )
@@ -311,6 +322,7 @@ pub async fn collect_response(
         Encode::Raw,
         &mut sink,
         &mut scratch,
+        &worker.timers,
         routes.config.timeouts.upstream_read,
         limit,
     )
@@ -409,6 +421,7 @@ fn release(worker: &Worker, mut upstream: UpstreamConn, response: &ResponseHead)
 /// Reads the origin's response head into the connection's buffer, skipping 1xx interim
 /// responses, within `--upstream-response-timeout-ms`.
 async fn read_response_head(
+    timers: &Rc<Timers>,
     routes: &Routes,
     upstream: &mut UpstreamConn,
     method: Method,
@@ -444,6 +457,7 @@ async fn read_response_head(
             &mut upstream.stream,
             &mut upstream.buf,
             READ_CHUNK_BYTES,
+            timers,
             left,
         )
         .await

@@ -11,6 +11,13 @@
 //! Requests are handled one after the other, so pipelined requests are answered in order; the
 //! bytes of the next request simply wait in the read buffer.
 //!
+//! Idle keep-alive connections are cheap: a connection that waited [`PARK_AFTER`] for its next
+//! request gives its read buffer back to the worker's pool and moves to a small task that only
+//! waits for the socket to become readable ([`parked`], a few hundred bytes instead of the
+//! request task's ~12 KiB plus a 4 KiB buffer); the next request starts a request task again.
+//! The read it was waiting in is cancelled through monoio's `Canceller` and awaited, so a
+//! request that arrived at that moment is kept, never lost.
+//!
 //! Decisions written down here:
 //! - After an error answer the connection is closed when the request had a body sluice did not
 //!   read (the next request's start would be unknown). Closing goes through a short "lingering
@@ -29,7 +36,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use monoio::io::AsyncWriteRent;
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncWriteRent, CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 use smallvec::SmallVec;
 
@@ -46,6 +54,9 @@ pub const LINGER: Duration = Duration::from_millis(500);
 pub const LINGER_MAX_BYTES: usize = 64 * 1024;
 /// Minimum free space before each head read.
 const HEAD_READ_BYTES: usize = 4 * 1024;
+/// How long a keep-alive connection waits for its next request with a read buffer and its
+/// request task before it parks (see the module documentation).
+pub const PARK_AFTER: Duration = Duration::from_millis(200);
 
 /// One client connection's state.
 pub struct ClientConn {
@@ -59,6 +70,9 @@ pub struct ClientConn {
     /// Whether the request being answered is a HEAD: answers sluice writes itself then carry
     /// their head (with its Content-Length) but no body.
     pub head_request: bool,
+    /// Cancels the idle read when the connection parks (kept for the connection's life, so a
+    /// read allocates nothing).
+    pub canceller: Canceller,
 }
 
 impl ClientConn {
@@ -83,6 +97,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
         out: Vec::new(),
         peer_ip: ip_text(peer.ip()),
         head_request: false,
+        canceller: Canceller::new(),
     };
     continue_serving(worker, conn).await;
 }
@@ -92,14 +107,64 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
 pub async fn continue_serving(worker: Rc<Worker>, conn: ClientConn) {
     let _open = worker.drain.connection();
     let mut slot = Some(conn);
-    let linger = serve_requests(&worker, &mut slot).await;
+    let end = serve_requests(&worker, &mut slot).await;
     if let Some(mut conn) = slot {
-        if linger {
-            lingering_close(&mut conn).await;
+        match end {
+            End::Close => {}
+            End::Linger => lingering_close(&worker.timers, &mut conn).await,
+            End::Park(idle) => {
+                worker.parks.set(worker.parks.get().saturating_add(1));
+                worker.give_buf(std::mem::take(&mut conn.buf));
+                conn.out = Vec::new();
+                crate::server::spawn_guarded(parked(worker.clone(), conn, idle));
+                return;
+            }
         }
         let ClientConn { buf, .. } = conn;
         worker.give_buf(buf);
     }
+}
+
+/// A parked idle connection (see the module documentation): waits, without a read buffer,
+/// until the client sends its next request (then a request task takes over), the idle timeout
+/// `idle` runs out, the client closes, or the worker drains (then the connection closes).
+async fn parked(worker: Rc<Worker>, conn: ClientConn, idle: Duration) {
+    let _open = worker.drain.connection();
+    if worker.drain.draining() {
+        return;
+    }
+    let ready = {
+        let mut readable = std::pin::pin!(conn.stream.readable(false));
+        let mut expired = worker.timers.sleep(idle);
+        let mut drain = worker.drain.watch();
+        std::future::poll_fn(|cx| {
+            if let std::task::Poll::Ready(r) = readable.as_mut().poll(cx) {
+                return std::task::Poll::Ready(r.is_ok());
+            }
+            if std::pin::Pin::new(&mut expired).poll(cx).is_ready()
+                || std::pin::Pin::new(&mut drain).poll(cx).is_ready()
+            {
+                return std::task::Poll::Ready(false);
+            }
+            std::task::Poll::Pending
+        })
+        .await
+    };
+    if ready {
+        let mut conn = conn;
+        conn.buf = worker.take_buf();
+        crate::server::spawn_guarded(continue_serving(worker.clone(), conn));
+    }
+}
+
+/// How the request loop ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    Close,
+    /// Close after draining unread input (see [`lingering_close`]).
+    Linger,
+    /// Idle: park the connection for at most this long (see [`parked`]).
+    Park(Duration),
 }
 
 /// What happens to the connection after an answer.
@@ -114,18 +179,19 @@ pub enum Next {
     Detached,
 }
 
-/// The request loop. Returns whether the close should linger.
-async fn serve_requests(worker: &Rc<Worker>, slot: &mut Option<ClientConn>) -> bool {
+/// The request loop.
+async fn serve_requests(worker: &Rc<Worker>, slot: &mut Option<ClientConn>) -> End {
     loop {
         let Some(conn) = slot.as_mut() else {
-            return false;
+            return End::Close;
         };
         let (mut head, bytes) = match read_head(worker, conn).await {
             HeadRead::Head(head, bytes) => (head, bytes),
-            HeadRead::Closed => return false,
+            HeadRead::Closed => return End::Close,
+            HeadRead::Park(idle) => return End::Park(idle),
             HeadRead::Invalid(e) => {
                 let _ = answer_error(conn, e.status(), e.code(), e.message(), false).await;
-                return true;
+                return End::Linger;
             }
             HeadRead::TimedOut => {
                 let _ = answer_error(
@@ -136,7 +202,7 @@ async fn serve_requests(worker: &Rc<Worker>, slot: &mut Option<ClientConn>) -> b
                     false,
                 )
                 .await;
-                return true;
+                return End::Linger;
             }
         };
         conn.head_request = head.method == Method::Head;
@@ -148,8 +214,8 @@ async fn serve_requests(worker: &Rc<Worker>, slot: &mut Option<ClientConn>) -> b
         drop(bytes);
         match next {
             Next::KeepAlive => {}
-            Next::Close | Next::Detached => return false,
-            Next::LingerClose => return true,
+            Next::Close | Next::Detached => return End::Close,
+            Next::LingerClose => return End::Linger,
         }
     }
 }
@@ -241,8 +307,17 @@ async fn handle(
         &[]
     };
     let mut request = worker.take_request_buf();
-    let prepared =
-        forward::prepare(&routes, conn, head, bytes, query, idempotency, &mut request).await;
+    let prepared = forward::prepare(
+        &worker.timers,
+        &routes,
+        conn,
+        head,
+        bytes,
+        query,
+        idempotency,
+        &mut request,
+    )
+    .await;
     let body_start = match prepared {
         Ok(at) => at,
         Err(forward::PrepareError::Gone) => {
@@ -397,6 +472,59 @@ pub async fn answer_error(
 }
 
 // The head travels by value on purpose: boxing it would allocate once per request.
+/// How an idle wait for the next request ended.
+enum IdleRead {
+    /// The read completed (bytes, EOF or an error).
+    Read(std::io::Result<usize>),
+    /// The worker drains: close.
+    Drain,
+    /// Nothing arrived within [`PARK_AFTER`]: park.
+    Park,
+}
+
+/// Waits up to [`PARK_AFTER`] for the first bytes of the next request. When the wait ends
+/// without them (park or drain), the read is cancelled and awaited: bytes that arrived at that
+/// moment are kept and returned as a read.
+async fn idle_read(worker: &Worker, conn: &mut ClientConn) -> IdleRead {
+    if conn.buf.capacity() - conn.buf.len() < HEAD_READ_BYTES {
+        conn.buf.reserve(HEAD_READ_BYTES);
+    }
+    let owned = std::mem::take(&mut conn.buf);
+    let (len, cap) = (owned.len(), owned.capacity());
+    let mut read = std::pin::pin!(conn
+        .stream
+        .cancelable_read(owned.slice_mut(len..cap), conn.canceller.handle()));
+    let mut park = worker.timers.sleep(PARK_AFTER);
+    let mut drain = worker.drain.watch();
+    let raced = std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(done) = read.as_mut().poll(cx) {
+            return std::task::Poll::Ready(Ok(done));
+        }
+        if std::pin::Pin::new(&mut drain).poll(cx).is_ready() {
+            return std::task::Poll::Ready(Err(IdleRead::Drain));
+        }
+        std::pin::Pin::new(&mut park)
+            .poll(cx)
+            .map(|()| Err(IdleRead::Park))
+    })
+    .await;
+    let (done, why) = match raced {
+        Ok(done) => (done, None),
+        Err(why) => {
+            // Cancel and wait for the read to finish: it may have received bytes meanwhile.
+            conn.canceller = std::mem::take(&mut conn.canceller).cancel();
+            (read.await, Some(why))
+        }
+    };
+    let (result, slice) = done;
+    conn.buf = slice.into_inner();
+    match (result, why) {
+        (Ok(n), _) => IdleRead::Read(Ok(n)),
+        (Err(_), Some(why)) => why,
+        (Err(e), None) => IdleRead::Read(Err(e)),
+    }
+}
+
 #[allow(clippy::large_enum_variant)]
 enum HeadRead {
     Head(RequestHead, Bytes),
@@ -405,6 +533,8 @@ enum HeadRead {
     Invalid(RequestError),
     /// A started head was not completed within `--client-header-timeout-ms`.
     TimedOut,
+    /// Idle for [`PARK_AFTER`]: park the connection for at most this much longer.
+    Park(Duration),
 }
 
 /// Reads until `conn.buf` holds a complete request head, then splits the head off as frozen
@@ -437,30 +567,34 @@ async fn read_head(worker: &Worker, conn: &mut ClientConn) -> HeadRead {
         };
         let started = !conn.buf.is_empty();
         let read = if started {
-            read_more(&mut conn.stream, &mut conn.buf, HEAD_READ_BYTES, timeout).await
-        } else {
-            // Idle between requests: a shutdown closes the connection at once (the dropped
-            // read loses nothing: no request byte has arrived).
-            if worker.drain.draining() {
-                return HeadRead::Closed;
-            }
-            let mut read = std::pin::pin!(read_more(
+            read_more(
                 &mut conn.stream,
                 &mut conn.buf,
                 HEAD_READ_BYTES,
-                timeout
-            ));
-            let mut drain = worker.drain.watch();
-            let raced = std::future::poll_fn(|cx| {
-                if let std::task::Poll::Ready(r) = read.as_mut().poll(cx) {
-                    return std::task::Poll::Ready(Some(r));
+                &worker.timers,
+                timeout,
+            )
+            .await
+        } else {
+            // Idle between requests: a shutdown closes the connection; a long wait parks it.
+            if worker.drain.draining() {
+                return HeadRead::Closed;
+            }
+            if timeout <= PARK_AFTER {
+                read_more(
+                    &mut conn.stream,
+                    &mut conn.buf,
+                    HEAD_READ_BYTES,
+                    &worker.timers,
+                    timeout,
+                )
+                .await
+            } else {
+                match idle_read(worker, conn).await {
+                    IdleRead::Read(r) => r,
+                    IdleRead::Drain => return HeadRead::Closed,
+                    IdleRead::Park => return HeadRead::Park(timeout.saturating_sub(PARK_AFTER)),
                 }
-                std::pin::Pin::new(&mut drain).poll(cx).map(|()| None)
-            })
-            .await;
-            match raced {
-                Some(r) => r,
-                None => return HeadRead::Closed,
             }
         };
         match read {
@@ -481,7 +615,7 @@ async fn read_head(worker: &Worker, conn: &mut ClientConn) -> HeadRead {
 /// Shuts down the write side (the client sees the end of our answer), then reads and discards
 /// input for a short while so that unread request bytes do not turn the close into a reset
 /// that could destroy the answer in flight.
-async fn lingering_close(conn: &mut ClientConn) {
+async fn lingering_close(timers: &Rc<crate::timer::Timers>, conn: &mut ClientConn) {
     if conn.stream.shutdown().await.is_err() {
         return;
     }
@@ -493,7 +627,15 @@ async fn lingering_close(conn: &mut ClientConn) {
         if left.is_zero() {
             break;
         }
-        match read_more(&mut conn.stream, &mut conn.buf, HEAD_READ_BYTES, left).await {
+        match read_more(
+            &mut conn.stream,
+            &mut conn.buf,
+            HEAD_READ_BYTES,
+            timers,
+            left,
+        )
+        .await
+        {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 drained += n;

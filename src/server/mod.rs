@@ -285,6 +285,7 @@ fn run_worker(
         let worker = Rc::new(Worker::new(id, &shared));
         monoio::spawn(worker.timers.clone().run());
         monoio::spawn(sweep_pool(worker.clone()));
+        monoio::spawn(release_memory(worker.clone()));
         if shared.start_config.workers > 1 {
             monoio::spawn(crate::jobs::run::serve_remote_duplicates(worker.clone()));
         }
@@ -389,8 +390,12 @@ async fn accept_loop(worker: Rc<Worker>, listener: Rc<TcpListener>) {
 
 /// Spawns a task on this worker whose panic closes only that task (see [`CatchUnwind`]).
 pub fn spawn_guarded<F: Future<Output = ()> + 'static>(fut: F) {
+    // Boxed before the task's own future captures it: an `async` block that moved `fut` in and
+    // boxed it there would keep room for it in the task as well (twice the memory of a
+    // connection).
+    let guarded = CatchUnwind(Box::pin(fut));
     monoio::spawn(async move {
-        if CatchUnwind(Box::pin(fut)).await.is_err() {
+        if guarded.await.is_err() {
             crate::log::error(format_args!(
                 "a connection task panicked; the connection was closed, the worker goes on"
             ));
@@ -695,6 +700,32 @@ async fn sweep_jobs(worker: Rc<Worker>) {
             let before = now.checked_sub(retention).unwrap_or(std::time::UNIX_EPOCH);
             let finished_before_ms = crate::jobs::persist::unix_ms(before);
             let _ = store.submit(crate::store::Op::Sweep { finished_before_ms });
+        }
+    }
+}
+
+/// How often each worker looks whether it should hand freed memory back (see
+/// [`release_memory`]).
+const RELEASE_MEMORY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Connections parked since the last look that make it worth it: each freed a request task
+/// and a read buffer (about 15 KiB).
+const RELEASE_AFTER_PARKS: u64 = 256;
+
+/// Hands memory freed by parked connections back to the operating system. A burst of
+/// connections that then go idle leaves their request tasks' memory free inside the allocator,
+/// where glibc keeps it resident; `malloc_trim` returns those pages (an madvise per free run,
+/// no I/O; a few milliseconds at most, and only after a burst of parks). Other allocators
+/// (musl) are left alone.
+async fn release_memory(worker: Rc<Worker>) {
+    loop {
+        monoio::time::sleep(RELEASE_MEMORY_EVERY).await;
+        if worker.parks.replace(0) >= RELEASE_AFTER_PARKS {
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            // SAFETY: malloc_trim only walks glibc's own heaps under their locks; it takes no
+            // pointer from us.
+            unsafe {
+                libc::malloc_trim(0);
+            }
         }
     }
 }

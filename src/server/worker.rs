@@ -142,6 +142,9 @@ pub struct Worker {
     job_cells: RefCell<Vec<Rc<JobCell>>>,
     /// Ids for new jobs.
     pub ids: RefCell<IdPool>,
+    /// Connections parked since the allocator was last asked to hand memory back (see
+    /// `server::release_memory`).
+    pub parks: Cell<u64>,
     epoch_wall: SystemTime,
     bufs: RefCell<Vec<BytesMut>>,
     request_bufs: RefCell<Vec<Vec<u8>>>,
@@ -185,6 +188,7 @@ impl Worker {
             dedup: RefCell::new(HashMap::new()),
             job_cells: RefCell::new(Vec::new()),
             ids: RefCell::new(IdPool::new()),
+            parks: Cell::new(0),
             epoch_wall: shared.epoch_wall,
             bufs: RefCell::new(Vec::new()),
             request_bufs: RefCell::new(Vec::new()),

@@ -239,6 +239,42 @@ impl Sleep {
     }
 }
 
+/// `fut` bounded by a [`Sleep`]: `Some(output)` when `fut` completes first (it is polled
+/// first, so an operation ready at the deadline still counts), `None` when the time runs out
+/// (the caller then drops `fut`). Made by [`Timers::within`]; `Unpin` and small (the operation
+/// stays where the caller pinned it), so a task that awaits an I/O timeout holds a pointer and
+/// a timer key, not a second copy of the operation.
+pub struct Within<'a, F> {
+    fut: Pin<&'a mut F>,
+    sleep: Sleep,
+}
+
+impl<F: Future> Future for Within<'_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if let Poll::Ready(out) = this.fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        Pin::new(&mut this.sleep).poll(cx).map(|()| None)
+    }
+}
+
+impl Timers {
+    /// Runs `fut` for at most `duration` (see [`Within`]).
+    pub fn within<'a, F: Future>(
+        self: &Rc<Self>,
+        duration: Duration,
+        fut: Pin<&'a mut F>,
+    ) -> Within<'a, F> {
+        Within {
+            fut,
+            sleep: self.sleep(duration),
+        }
+    }
+}
+
 impl Future for Sleep {
     type Output = ();
 
