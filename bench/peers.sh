@@ -20,9 +20,14 @@
 # over the run, 100% = one core), its peak RSS (VmHWM, summed over its processes), and the
 # ratios sluice/nginx, sluice/haproxy and x/direct.
 #
-# Needs (Debian packages; this script installs nothing): nginx haproxy wrk openssl, plus awk,
-# taskset (util-linux) and a release build of sluice (built here with cargo when missing).
-#   apt-get install -y nginx haproxy wrk openssl
+# Idle memory: before the load, each proxy gets IDLE_CONNS (10000) keep-alive client
+# connections that made one request each and then sit idle (bench/idle_conns.py); the second
+# table gives its resident memory with them open.
+#
+# Needs (Debian packages; this script installs nothing): nginx haproxy wrk openssl python3,
+# plus awk, taskset (util-linux) and a release build of sluice (built here with cargo when
+# missing).
+#   apt-get install -y nginx haproxy wrk openssl python3
 # Usage:
 #   bench/peers.sh                         # everything: ~15-20 minutes
 #   ROUNDS=3 DURATION=5 LAYOUTS="1core" SCENARIOS="tiny post4k" bench/peers.sh
@@ -34,6 +39,7 @@ DURATION=${DURATION:-5}
 LAYOUTS=${LAYOUTS:-"1core 2core"}
 SCENARIOS=${SCENARIOS:-"tiny 16k 1m post4k c1000 newconn https"}
 TARGETS=${TARGETS:-"direct sluice nginx haproxy"}
+IDLE_CONNS=${IDLE_CONNS:-10000}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SLUICE=${SLUICE:-$ROOT/target/release/sluice}
 OUT=${OUT:-$(mktemp -d /tmp/sluice-peers.XXXXXX)}
@@ -44,12 +50,12 @@ SLUICE_PORT=18082 NGINX_PORT=18083 HAPROXY_PORT=18084
 SLUICE_TLS_PORT=18085 NGINX_TLS_PORT=18086 HAPROXY_TLS_PORT=18087
 
 missing=()
-for tool in nginx haproxy wrk openssl awk taskset; do
+for tool in nginx haproxy wrk openssl awk taskset python3; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if ((${#missing[@]})); then
     echo "bench/peers.sh: missing: ${missing[*]}" >&2
-    echo "install them first, e.g.: apt-get install -y nginx haproxy wrk openssl util-linux" >&2
+    echo "install them first, e.g.: apt-get install -y nginx haproxy wrk openssl python3" >&2
     exit 1
 fi
 if [[ ! -x $SLUICE ]]; then
@@ -313,6 +319,7 @@ plan() { # scenario target
         haproxy) port=$HAPROXY_TLS_PORT ;;
         esac
     fi
+    PORT=$port
     URL=${port:+http://127.0.0.1:$port$path}
 }
 
@@ -352,10 +359,23 @@ ms() {
 # --- Main -------------------------------------------------------------------------------------
 printf 'layout\tscenario\ttarget\tround\trps\tp50_ms\tp99_ms\tcpu_pct\tpeak_rss_mib\terrors\n' \
     >"$OUT/runs.tsv"
+printf 'layout\ttarget\tconns\trss_before_mib\trss_with_conns_mib\tper_conn_kib\n' >"$OUT/idle.tsv"
 read -r -a targets <<<"$TARGETS"
 for layout in $LAYOUTS; do
     start_layout "$layout"
     echo "# $layout: sluice $DRIVER; $ROUNDS rounds of ${DURATION}s per target and scenario" >&2
+    if ((IDLE_CONNS > 0)); then
+        for target in sluice nginx haproxy; do
+            plan tiny "$target"
+            line=$(python3 "$ROOT/bench/idle_conns.py" --port "$PORT" --pid "$PROC_PID" \
+                --conns "$IDLE_CONNS" --path /crypto/sign | tail -1)
+            echo "  $layout idle $target: $line" >&2
+            awk -v l="$layout" -v t="$target" '{
+                for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+                printf "%s\t%s\t%s\t%s\t%s\t%s\n", l, t, v["conns"], v["rss_before_mib"],
+                    v["rss_with_conns_mib"], v["per_conn_kib"] }' <<<"$line" >>"$OUT/idle.tsv"
+        done
+    fi
     for scenario in $SCENARIOS; do
         for round in $(seq 1 "$ROUNDS"); do
             # Rotate the order every round, so no target always runs first or last.
@@ -406,4 +426,11 @@ END {
             (k in err) ? " (errors)" : "", m[k], median(p50[k]), median(p99[k]), median(cpu[k]), median(rss[k]), vn, vh, vd
     }
 }' "$OUT/runs.tsv" | tee "$OUT/table.md"
+if ((IDLE_CONNS > 0)); then
+    echo
+    echo "| layout | proxy | idle keep-alive connections | RSS before MiB | RSS with them MiB | KiB per connection |"
+    echo "|---|---|---:|---:|---:|---:|"
+    awk -F'\t' 'NR > 1 { printf "| %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6 }' \
+        "$OUT/idle.tsv"
+fi | tee -a "$OUT/table.md"
 echo "raw runs: $OUT/runs.tsv; wrk output: $OUT/wrk.log" >&2

@@ -329,7 +329,7 @@ fn idle_keep_alive_connections_are_closed() {
     });
 }
 
-/// An idle keep-alive connection parks after `PARK_AFTER` (200 ms: it gives back its read
+/// An idle keep-alive connection parks after `PARK_AFTER` (50 ms: it gives back its read
 /// buffer and request task, see `src/proxy/mod.rs`) and wakes for the next request. Gaps around
 /// the park moment catch a request lost while the idle read is cancelled.
 #[test]
@@ -338,7 +338,7 @@ fn parked_keep_alive_connections_serve_the_next_request() {
         let origin = MockOrigin::echo();
         let sluice = start_proxy(&origin.url(), &[], legacy);
         let mut client = sluice.connect();
-        let gaps = [0u64, 150, 190, 200, 205, 210, 250, 400, 195, 220, 600, 0];
+        let gaps = [0u64, 30, 45, 50, 52, 55, 60, 100, 48, 51, 300, 0];
         for (i, gap) in gaps.iter().enumerate() {
             std::thread::sleep(std::time::Duration::from_millis(*gap));
             let resp = client.get(&format!("/crypto/sign?n={i}"));
