@@ -6,7 +6,9 @@
 //! close-delimited response) and leaves any following bytes (a pipelined request) in place.
 //! Output is re-framed as the destination needs: raw bytes, or re-encoded chunks (trailers
 //! are dropped, extensions normalised away). Memory per pump is one read buffer of
-//! [`READ_CHUNK_BYTES`] plus one output buffer of about the same size, whatever the body size.
+//! [`READ_CHUNK_BYTES`] plus one output buffer of about the same size, whatever the body size;
+//! once a body passed [`LARGE_BODY_AFTER_BYTES`], reads take up to [`LARGE_READ_CHUNK_BYTES`]
+//! (fewer system calls per byte), and the buffers shrink back when the connection idles.
 
 use std::io;
 use std::rc::Rc;
@@ -23,6 +25,13 @@ use crate::timer::Timers;
 /// Free space guaranteed in a read buffer before each body read: 16 KiB per read keeps syscalls
 /// per MiB low without holding much memory per connection.
 pub const READ_CHUNK_BYTES: usize = 16 * 1024;
+/// Free space per read once a body has moved [`LARGE_BODY_AFTER_BYTES`].
+pub const LARGE_READ_CHUNK_BYTES: usize = 128 * 1024;
+/// A sized body missing at most this much is read to its end before the pump writes (see
+/// `pump`).
+pub const SMALL_REST_BYTES: u64 = 4 * 1024;
+/// Body bytes after which reads use [`LARGE_READ_CHUNK_BYTES`].
+pub const LARGE_BODY_AFTER_BYTES: u64 = 64 * 1024;
 
 /// How the destination receives the body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -226,9 +235,23 @@ pub async fn pump<R: AsyncReadRent, W: BodySink>(
             dst.take(out).await.map_err(PumpError::Write)?;
             return Ok(moved);
         }
-        // 2. Send what was produced, then read more.
-        dst.take(out).await.map_err(PumpError::Write)?;
-        match read_more(src, pending, READ_CHUNK_BYTES, timers, read_timeout).await {
+        // 2. Send what was produced, then read more. When only a small rest of a sized body is
+        // missing (a response just over one read), it is read first and sent with the rest:
+        // one write instead of two.
+        let small_rest = matches!(progress, Progress::Length { remaining }
+            if remaining <= SMALL_REST_BYTES)
+            && out.len() < LARGE_READ_CHUNK_BYTES;
+        if !small_rest {
+            dst.take(out).await.map_err(PumpError::Write)?;
+        }
+        // A large body is moved in larger pieces: fewer reads and writes per byte, and the
+        // origin's socket drains faster. Small bodies never grow the buffers.
+        let chunk = if moved >= LARGE_BODY_AFTER_BYTES {
+            LARGE_READ_CHUNK_BYTES
+        } else {
+            READ_CHUNK_BYTES
+        };
+        match read_more(src, pending, chunk, timers, read_timeout).await {
             Ok(0) => {
                 if matches!(progress, Progress::UntilEof) {
                     if encode == Encode::Chunked {

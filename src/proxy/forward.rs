@@ -414,6 +414,11 @@ fn release(worker: &Worker, mut upstream: UpstreamConn, response: &ResponseHead)
         && upstream.buf.is_empty();
     if reusable {
         upstream.reused = true;
+        // A large body grew the read buffer (see `body::LARGE_READ_CHUNK_BYTES`): an idle
+        // pooled connection goes back to the standard size.
+        if upstream.buf.capacity() > 2 * crate::upstream::UPSTREAM_READ_BUF_BYTES {
+            upstream.buf = bytes::BytesMut::with_capacity(crate::upstream::UPSTREAM_READ_BUF_BYTES);
+        }
         worker.pool.borrow_mut().put(upstream, Instant::now());
     }
 }
