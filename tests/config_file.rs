@@ -193,14 +193,15 @@ fn signed_with_secret(id: &str, timestamp: &str, body: &[u8], signature: &str) -
 
 #[test]
 fn sighup_reload_applies_every_reloadable_setting_and_open_jobs_keep_theirs() {
-    // The first request for `/a?n=flaky` fails with 502; everything else is echoed.
+    // The first request for `/a?n=flaky` fails with 502 and `Retry-After: 2` (the retry comes
+    // after the reload); everything else is echoed.
     let flaky_seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let seen = flaky_seen.clone();
     let origin = MockOrigin::start(move |req| {
         if req.request_line().contains("n=flaky")
             && seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0
         {
-            return Reply::response(502, "Bad Gateway", &[], b"bad gateway");
+            return Reply::response(502, "Bad Gateway", &[("Retry-After", "2")], b"bad gateway");
         }
         echo_reply(req)
     });
@@ -230,7 +231,7 @@ fn sighup_reload_applies_every_reloadable_setting_and_open_jobs_keep_theirs() {
         "payload_too_large",
     );
 
-    // A job that fails its first attempt and retries 1.5 s later: deferred (202) before the
+    // A job that fails its first attempt and retries 2 s later: deferred (202) before the
     // reload, retried after it.
     let hook = hooks.url("/hook");
     let encoded: String = hook

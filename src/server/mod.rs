@@ -737,6 +737,9 @@ async fn sweep_pool(worker: Rc<Worker>) {
     loop {
         monoio::time::sleep(every).await;
         worker.pool.borrow_mut().sweep(std::time::Instant::now());
+        // A core without traffic still takes up a reload (its webhook sender's settings, its
+        // pool limits) within one sweep.
+        drop(worker.routes());
     }
 }
 

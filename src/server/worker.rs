@@ -312,6 +312,9 @@ impl Worker {
         attempts: u32,
         persisted: bool,
     ) {
+        // The webhook settings of now: a reload may have happened since this core last took
+        // a request (this refreshes them).
+        drop(self.routes());
         let outcome = if status == JobStatus::Succeeded {
             JobOutcome::Succeeded
         } else {
