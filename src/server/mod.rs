@@ -47,6 +47,10 @@ const POOL_SWEEPS_PER_IDLE_TIMEOUT: u32 = 4;
 /// lookups (`getaddrinfo` blocks) run there; deliveries are rare next to requests, and two let
 /// one slow lookup not hold up the next.
 pub const BLOCKING_THREADS: usize = 2;
+/// Worker threads are named this plus their number (`sluice-worker-0`): it shows in `top -H`
+/// and debuggers, and lets a test's counting allocator tell worker threads from its own
+/// (`tests/zero_alloc.rs`). Short enough that Linux's 15-byte thread names keep the prefix.
+pub const WORKER_THREAD_PREFIX: &str = "sluice-worker-";
 /// How often finished jobs past their retention are removed from the registry.
 const JOB_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -132,7 +136,7 @@ impl Server {
             let (shared, tx) = (shared.clone(), tx.clone());
             let addr = bound;
             let handle = std::thread::Builder::new()
-                .name(format!("sluice-worker-{id}"))
+                .name(format!("{WORKER_THREAD_PREFIX}{id}"))
                 .spawn(move || run_worker(id, cpu, addr, shared, tx))
                 .map_err(|e| format!("cannot start worker thread: {e}"))?;
             threads.push(handle);
