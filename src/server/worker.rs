@@ -35,6 +35,10 @@ pub const CLIENT_READ_BUF_BYTES: usize = 4 * 1024;
 pub const MAX_POOLED_CLIENT_BUFS: usize = 1024;
 /// Request buffers (upstream request bytes of open jobs) kept for reuse per worker.
 pub const MAX_POOLED_REQUEST_BUFS: usize = 256;
+/// Initial capacity of a new request buffer. A typical upstream request head (request line, a
+/// dozen headers, the token, `X-Forwarded-For`, `Idempotency-Key`) fits, so growing the pool
+/// costs one allocation per buffer instead of a series of reallocations as it fills.
+pub const REQUEST_BUF_BYTES: usize = 1024;
 /// A request buffer that grew beyond this (a large body) is freed rather than kept.
 pub const MAX_POOLED_REQUEST_BUF_BYTES: usize = 64 * 1024;
 /// Job cells kept for reuse per worker.
@@ -281,9 +285,12 @@ impl Worker {
         }
     }
 
-    /// A buffer for a job's upstream request bytes.
+    /// A buffer for a job's upstream request bytes, reused when one is free.
     pub fn take_request_buf(&self) -> Vec<u8> {
-        self.request_bufs.borrow_mut().pop().unwrap_or_default()
+        self.request_bufs
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(REQUEST_BUF_BYTES))
     }
 
     /// Returns a request buffer for reuse.
