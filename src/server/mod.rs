@@ -408,7 +408,9 @@ impl<F: Future> Future for CatchUnwind<F> {
 
 /// Builds the state all workers share: rate limiters, the deferred-job registry and the
 /// webhook sender's configuration and report hook (each worker runs its own sender).
-fn shared_state(
+/// [`Server::start`] calls it; it is public so that `benches/jobs.rs` can build a real
+/// [`Worker`] without starting threads.
+pub fn shared_state(
     config: Arc<Config>,
     upstream: Arc<Upstream>,
     store: Option<crate::store::StoreHandle>,
