@@ -80,7 +80,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
     let conn = ClientConn {
         stream,
         buf: worker.take_buf(),
-        out: Vec::new(),
+        out: worker.take_out_buf(),
         peer_ip: ip_text(peer.ip()),
         head_request: false,
     };
@@ -97,8 +97,9 @@ pub async fn continue_serving(worker: Rc<Worker>, conn: ClientConn) {
         if linger {
             lingering_close(&mut conn).await;
         }
-        let ClientConn { buf, .. } = conn;
+        let ClientConn { buf, out, .. } = conn;
         worker.give_buf(buf);
+        worker.give_out_buf(out);
     }
 }
 
