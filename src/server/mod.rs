@@ -347,14 +347,15 @@ fn build_runtime(
 /// Accepts connections forever. One `accept` future at a time, never dropped mid-flight
 /// (monoio 0.2.4 can leak an accepted fd when an `accept` loses a cancellation race).
 async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
+    // Raced with the worker's drain, which starts when the shutdown signal arrives: then the
+    // pending accept is dropped (monoio may leak one fd then; the process is exiting) and the
+    // listener closes. One watch for the whole loop: it keeps one waker slot, updated in place.
+    let mut stop = worker.drain.watch();
     loop {
-        // Raced with the shutdown signal: at shutdown the pending accept is dropped (monoio may
-        // leak one fd then; the process is exiting) and the listener closes.
         let accepted = {
             let mut accept = std::pin::pin!(listener.accept());
-            let mut stop = std::pin::pin!(worker.shutdown.wait());
             std::future::poll_fn(|cx| {
-                if stop.as_mut().poll(cx).is_ready() {
+                if Pin::new(&mut stop).poll(cx).is_ready() {
                     return Poll::Ready(None);
                 }
                 accept.as_mut().poll(cx).map(Some)
@@ -380,7 +381,9 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
 /// Spawns a task on this worker whose panic closes only that task (see [`CatchUnwind`]).
 pub fn spawn_guarded<F: Future<Output = ()> + 'static>(fut: F) {
     monoio::spawn(async move {
-        if CatchUnwind(Box::pin(fut)).await.is_err() {
+        // Pinned inside the task itself: no allocation besides the task's own.
+        let fut = std::pin::pin!(fut);
+        if CatchUnwind(fut).await.is_err() {
             crate::log::error(format_args!(
                 "a connection task panicked; the connection was closed, the worker goes on"
             ));
@@ -390,11 +393,15 @@ pub fn spawn_guarded<F: Future<Output = ()> + 'static>(fut: F) {
 
 /// Runs a future and turns a panic inside it into an `Err`, so that a bug triggered by one
 /// connection closes that connection instead of taking the whole worker (and every other
-/// connection on it) down. Requires `panic = "unwind"`, which the release profile sets.
-pub(crate) struct CatchUnwind<F>(pub(crate) Pin<Box<F>>);
+/// connection on it) down. Requires `panic = "unwind"`, which the release profile sets. Holds
+/// the future behind any pinned pointer (`Pin<&mut F>` pinned in a task, or `Pin<Box<F>>`).
+pub(crate) struct CatchUnwind<P>(pub(crate) Pin<P>);
 
-impl<F: Future> Future for CatchUnwind<F> {
-    type Output = Result<F::Output, ()>;
+impl<P> Future for CatchUnwind<P>
+where
+    P: std::ops::DerefMut<Target: Future> + Unpin,
+{
+    type Output = Result<<P::Target as Future>::Output, ()>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let fut = self.0.as_mut();
