@@ -251,7 +251,7 @@ pub async fn pump<R: AsyncReadRent, W: BodySink>(
         } else {
             READ_CHUNK_BYTES
         };
-        match read_more(src, pending, chunk, timers, read_timeout).await {
+        let failed = match read_more(src, pending, chunk, timers, read_timeout).await {
             Ok(0) => {
                 if matches!(progress, Progress::UntilEof) {
                     if encode == Encode::Chunked {
@@ -260,12 +260,18 @@ pub async fn pump<R: AsyncReadRent, W: BodySink>(
                     dst.take(out).await.map_err(PumpError::Write)?;
                     return Ok(moved);
                 }
-                return Err(PumpError::ReadEof);
+                PumpError::ReadEof
             }
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(PumpError::ReadTimeout),
-            Err(e) => return Err(PumpError::ReadIo(e)),
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => PumpError::ReadTimeout,
+            Err(e) => PumpError::ReadIo(e),
+        };
+        // What was held back for a small rest still goes out (the destination sees the body
+        // cut where the source failed, as without the hold-back).
+        if small_rest && !out.is_empty() {
+            let _ = dst.take(out).await;
         }
+        return Err(failed);
     }
 }
 

@@ -97,7 +97,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
     let conn = ClientConn {
         stream,
         buf: worker.take_buf(),
-        out: Vec::new(),
+        out: worker.take_out_buf(),
         peer_ip: ip_text(peer.ip()),
         head_request: false,
         canceller: Canceller::new(),
@@ -118,13 +118,14 @@ pub async fn continue_serving(worker: Rc<Worker>, conn: ClientConn) {
             End::Park(idle) => {
                 worker.parks.set(worker.parks.get().saturating_add(1));
                 worker.give_buf(std::mem::take(&mut conn.buf));
-                conn.out = Vec::new();
+                worker.give_out_buf(std::mem::take(&mut conn.out));
                 crate::server::spawn_guarded(parked(worker.clone(), conn, idle));
                 return;
             }
         }
-        let ClientConn { buf, .. } = conn;
+        let ClientConn { buf, out, .. } = conn;
         worker.give_buf(buf);
+        worker.give_out_buf(out);
     }
 }
 
@@ -156,6 +157,7 @@ async fn parked(worker: Rc<Worker>, conn: ClientConn, idle: Duration) {
     if ready {
         let mut conn = conn;
         conn.buf = worker.take_buf();
+        conn.out = worker.take_out_buf();
         crate::server::spawn_guarded(continue_serving(worker.clone(), conn));
     }
 }

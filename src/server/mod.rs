@@ -49,6 +49,10 @@ const POOL_SWEEPS_PER_IDLE_TIMEOUT: u32 = 4;
 /// lookups (`getaddrinfo` blocks) run there; deliveries are rare next to requests, and two let
 /// one slow lookup not hold up the next.
 pub const BLOCKING_THREADS: usize = 2;
+/// Worker threads are named this plus their number (`sluice-worker-0`): it shows in `top -H`
+/// and debuggers, and lets a test's counting allocator tell worker threads from its own
+/// (`tests/zero_alloc.rs`). Short enough that Linux's 15-byte thread names keep the prefix.
+pub const WORKER_THREAD_PREFIX: &str = "sluice-worker-";
 /// How often finished jobs past their retention are removed from the registry.
 const JOB_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -134,7 +138,7 @@ impl Server {
             let (shared, tx) = (shared.clone(), tx.clone());
             let addr = bound;
             let handle = std::thread::Builder::new()
-                .name(format!("sluice-worker-{id}"))
+                .name(format!("{WORKER_THREAD_PREFIX}{id}"))
                 .spawn(move || run_worker(id, cpu, addr, shared, tx))
                 .map_err(|e| format!("cannot start worker thread: {e}"))?;
             threads.push(handle);
@@ -358,14 +362,15 @@ fn build_runtime(
 /// mid-flight (monoio 0.2.4 can leak an accepted fd when an `accept` loses a cancellation race);
 /// with io_uring, [`ACCEPTS_IN_FLIGHT`] loops share the listener.
 async fn accept_loop(worker: Rc<Worker>, listener: Rc<TcpListener>) {
+    // Raced with the worker's drain, which starts when the shutdown signal arrives: then the
+    // pending accept is dropped (monoio may leak one fd then; the process is exiting) and the
+    // listener closes. One watch for the whole loop: it keeps one waker slot, updated in place.
+    let mut stop = worker.drain.watch();
     loop {
-        // Raced with the shutdown signal: at shutdown the pending accept is dropped (monoio may
-        // leak one fd then; the process is exiting) and the listener closes.
         let accepted = {
             let mut accept = std::pin::pin!(listener.accept());
-            let mut stop = std::pin::pin!(worker.shutdown.wait());
             std::future::poll_fn(|cx| {
-                if stop.as_mut().poll(cx).is_ready() {
+                if Pin::new(&mut stop).poll(cx).is_ready() {
                     return Poll::Ready(None);
                 }
                 accept.as_mut().poll(cx).map(Some)
@@ -390,26 +395,45 @@ async fn accept_loop(worker: Rc<Worker>, listener: Rc<TcpListener>) {
 
 /// Spawns a task on this worker whose panic closes only that task (see [`CatchUnwind`]).
 pub fn spawn_guarded<F: Future<Output = ()> + 'static>(fut: F) {
-    // Boxed before the task's own future captures it: an `async` block that moved `fut` in and
-    // boxed it there would keep room for it in the task as well (twice the memory of a
-    // connection).
-    let guarded = CatchUnwind(Box::pin(fut));
-    monoio::spawn(async move {
-        if guarded.await.is_err() {
-            crate::log::error(format_args!(
-                "a connection task panicked; the connection was closed, the worker goes on"
-            ));
+    monoio::spawn(Guarded(fut));
+}
+
+/// The future of a [`spawn_guarded`] task: `F` inline (one allocation per task, the task's own,
+/// and room for `F` once: an `async` block that captured `fut` and pinned it inside would hold
+/// it twice), a panic caught and logged.
+struct Guarded<F>(F);
+
+impl<F: Future<Output = ()>> Future for Guarded<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // SAFETY: structural pinning of the only field: `Guarded` never moves `F` out, has no
+        // `Drop` impl, and is `Unpin` only when `F` is.
+        let fut = unsafe { self.map_unchecked_mut(|g| &mut g.0) };
+        match Pin::new(&mut CatchUnwind(fut)).poll(cx) {
+            Poll::Ready(Err(())) => {
+                crate::log::error(format_args!(
+                    "a connection task panicked; the connection was closed, the worker goes on"
+                ));
+                Poll::Ready(())
+            }
+            Poll::Ready(Ok(())) => Poll::Ready(()),
+            Poll::Pending => Poll::Pending,
         }
-    });
+    }
 }
 
 /// Runs a future and turns a panic inside it into an `Err`, so that a bug triggered by one
 /// connection closes that connection instead of taking the whole worker (and every other
-/// connection on it) down. Requires `panic = "unwind"`, which the release profile sets.
-pub(crate) struct CatchUnwind<F>(pub(crate) Pin<Box<F>>);
+/// connection on it) down. Requires `panic = "unwind"`, which the release profile sets. Holds
+/// the future behind any pinned pointer (`Pin<&mut F>` pinned in a task, or `Pin<Box<F>>`).
+pub(crate) struct CatchUnwind<P>(pub(crate) Pin<P>);
 
-impl<F: Future> Future for CatchUnwind<F> {
-    type Output = Result<F::Output, ()>;
+impl<P> Future for CatchUnwind<P>
+where
+    P: std::ops::DerefMut<Target: Future> + Unpin,
+{
+    type Output = Result<<P::Target as Future>::Output, ()>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let fut = self.0.as_mut();
@@ -423,7 +447,9 @@ impl<F: Future> Future for CatchUnwind<F> {
 
 /// Builds the state all workers share: rate limiters, the deferred-job registry and the
 /// webhook sender's configuration and report hook (each worker runs its own sender).
-fn shared_state(
+/// [`Server::start`] calls it; it is public so that `benches/jobs.rs` can build a real
+/// [`Worker`] without starting threads.
+pub fn shared_state(
     config: Arc<Config>,
     upstream: Arc<Upstream>,
     store: Option<crate::store::StoreHandle>,

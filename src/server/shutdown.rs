@@ -53,7 +53,9 @@ impl ShutdownSignal {
         self.started.load(Ordering::SeqCst)
     }
 
-    /// Resolves once the shutdown started.
+    /// Resolves once the shutdown started. Every pending poll adds a waker (the list is only
+    /// emptied by [`ShutdownSignal::trigger`]): this is for a task that waits once, like
+    /// [`drain_worker`]; a loop on a worker watches its [`Drain`] instead.
     pub async fn wait(&self) {
         poll_fn(|cx| {
             if self.started() {

@@ -33,8 +33,20 @@ use crate::webhook::{CallbackUrl, Delivery, JobOutcome, ReportHook, Sender};
 pub const CLIENT_READ_BUF_BYTES: usize = 4 * 1024;
 /// Client read buffers kept for reuse per worker; beyond this, returned buffers are freed.
 pub const MAX_POOLED_CLIENT_BUFS: usize = 1024;
+/// Initial capacity of a client connection's output buffer: the head and body of a small
+/// answer fit; it grows (to about one streamed piece of a larger body) only when needed.
+pub const CLIENT_OUT_BUF_BYTES: usize = 1024;
+/// Client output buffers kept for reuse per worker.
+pub const MAX_POOLED_CLIENT_OUT_BUFS: usize = 256;
+/// An output buffer that grew beyond this (a large stored answer written whole) is freed
+/// rather than kept.
+pub const MAX_POOLED_CLIENT_OUT_BUF_BYTES: usize = 64 * 1024;
 /// Request buffers (upstream request bytes of open jobs) kept for reuse per worker.
 pub const MAX_POOLED_REQUEST_BUFS: usize = 256;
+/// Initial capacity of a new request buffer. A typical upstream request head (request line, a
+/// dozen headers, the token, `X-Forwarded-For`, `Idempotency-Key`) fits, so growing the pool
+/// costs one allocation per buffer instead of a series of reallocations as it fills.
+pub const REQUEST_BUF_BYTES: usize = 1024;
 /// A request buffer that grew beyond this (a large body) is freed rather than kept.
 pub const MAX_POOLED_REQUEST_BUF_BYTES: usize = 64 * 1024;
 /// Job cells kept for reuse per worker.
@@ -147,6 +159,7 @@ pub struct Worker {
     pub parks: Cell<u64>,
     epoch_wall: SystemTime,
     bufs: RefCell<Vec<BytesMut>>,
+    out_bufs: RefCell<Vec<Vec<u8>>>,
     request_bufs: RefCell<Vec<Vec<u8>>>,
 }
 
@@ -191,6 +204,7 @@ impl Worker {
             parks: Cell::new(0),
             epoch_wall: shared.epoch_wall,
             bufs: RefCell::new(Vec::new()),
+            out_bufs: RefCell::new(Vec::new()),
             request_bufs: RefCell::new(Vec::new()),
         }
     }
@@ -251,12 +265,36 @@ impl Worker {
     /// Gives a client read buffer back when its connection ends.
     pub fn give_buf(&self, mut buf: BytesMut) {
         buf.clear();
-        // A buffer that shrank below the standard size is not worth keeping.
-        if buf.capacity() < CLIENT_READ_BUF_BYTES {
+        // Each request head was split off the front of the buffer (and frozen): take the whole
+        // allocation back, which copies nothing once no head refers to it any more. A buffer
+        // that cannot offer the standard size without allocating is not worth keeping.
+        if !buf.try_reclaim(CLIENT_READ_BUF_BYTES) {
             return;
         }
         let mut bufs = self.bufs.borrow_mut();
         if bufs.len() < MAX_POOLED_CLIENT_BUFS {
+            bufs.push(buf);
+        }
+    }
+
+    /// An output buffer for a new client connection, reused when one is free (so that a
+    /// client sending one request per connection does not grow a fresh one every time).
+    pub fn take_out_buf(&self) -> Vec<u8> {
+        self.out_bufs
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(CLIENT_OUT_BUF_BYTES))
+    }
+
+    /// Gives a client output buffer back when its connection ends.
+    pub fn give_out_buf(&self, mut buf: Vec<u8>) {
+        if buf.capacity() < CLIENT_OUT_BUF_BYTES || buf.capacity() > MAX_POOLED_CLIENT_OUT_BUF_BYTES
+        {
+            return;
+        }
+        buf.clear();
+        let mut bufs = self.out_bufs.borrow_mut();
+        if bufs.len() < MAX_POOLED_CLIENT_OUT_BUFS {
             bufs.push(buf);
         }
     }
@@ -285,9 +323,12 @@ impl Worker {
         }
     }
 
-    /// A buffer for a job's upstream request bytes.
+    /// A buffer for a job's upstream request bytes, reused when one is free.
     pub fn take_request_buf(&self) -> Vec<u8> {
-        self.request_bufs.borrow_mut().pop().unwrap_or_default()
+        self.request_bufs
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(REQUEST_BUF_BYTES))
     }
 
     /// Returns a request buffer for reuse.

@@ -348,7 +348,17 @@ fn commit_batch(
         Ok(results)
     })();
 
-    let failure = match outcome {
+    // The batch counts as settled before any of its acks resolve: whoever sees an ack also sees
+    // the queue without it (`stats().queued`).
+    {
+        let mut q = lock(&shared.queue);
+        q.settled += n;
+        if let Err(why) = &outcome {
+            q.failures += 1;
+            q.last_failure = Some(why.clone());
+        }
+    }
+    match outcome {
         Ok(results) => {
             *marked_clean = clean;
             let skipped = results.iter().filter(|r| r.is_err()).count() as u64;
@@ -361,7 +371,6 @@ fn commit_batch(
                     ack.resolve(result);
                 }
             }
-            None
         }
         Err(why) => {
             crate::log::error(format_args!(
@@ -372,16 +381,7 @@ fn commit_batch(
             for ack in acks.into_iter().flatten() {
                 ack.resolve(Err(StoreError::Commit(why.clone())));
             }
-            Some(why)
         }
-    };
-
-    let mut q = lock(&shared.queue);
-    q.settled += n;
-    if let Some(why) = failure {
-        q.failures += 1;
-        q.last_failure = Some(why);
     }
-    drop(q);
     shared.settled.notify_all();
 }
