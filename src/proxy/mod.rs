@@ -100,7 +100,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
         out: worker.take_out_buf(),
         peer_ip: ip_text(peer.ip()),
         head_request: false,
-        canceller: Canceller::new(),
+        canceller: worker.take_canceller(),
     };
     continue_serving(worker, conn).await;
 }
@@ -123,9 +123,15 @@ pub async fn continue_serving(worker: Rc<Worker>, conn: ClientConn) {
                 return;
             }
         }
-        let ClientConn { buf, out, .. } = conn;
+        let ClientConn {
+            buf,
+            out,
+            canceller,
+            ..
+        } = conn;
         worker.give_buf(buf);
         worker.give_out_buf(out);
+        worker.give_canceller(canceller);
     }
 }
 
@@ -159,6 +165,8 @@ async fn parked(worker: Rc<Worker>, conn: ClientConn, idle: Duration) {
         conn.buf = worker.take_buf();
         conn.out = worker.take_out_buf();
         crate::server::spawn_guarded(continue_serving(worker.clone(), conn));
+    } else {
+        worker.give_canceller(conn.canceller);
     }
 }
 

@@ -160,6 +160,9 @@ pub struct Worker {
     epoch_wall: SystemTime,
     bufs: RefCell<Vec<BytesMut>>,
     out_bufs: RefCell<Vec<Vec<u8>>>,
+    /// Idle-read cancellers of ended connections (see `proxy::idle_read`), kept so that a new
+    /// connection allocates none.
+    cancellers: RefCell<Vec<monoio::io::Canceller>>,
     request_bufs: RefCell<Vec<Vec<u8>>>,
 }
 
@@ -205,6 +208,7 @@ impl Worker {
             epoch_wall: shared.epoch_wall,
             bufs: RefCell::new(Vec::new()),
             out_bufs: RefCell::new(Vec::new()),
+            cancellers: RefCell::new(Vec::new()),
             request_bufs: RefCell::new(Vec::new()),
         }
     }
@@ -274,6 +278,20 @@ impl Worker {
         let mut bufs = self.bufs.borrow_mut();
         if bufs.len() < MAX_POOLED_CLIENT_BUFS {
             bufs.push(buf);
+        }
+    }
+
+    /// A canceller for a new client connection's idle reads, reused when one is free.
+    pub fn take_canceller(&self) -> monoio::io::Canceller {
+        self.cancellers.borrow_mut().pop().unwrap_or_default()
+    }
+
+    /// Gives a connection's canceller back when the connection ends. One that cancelled is
+    /// never given back (cancelling replaces it), so every pooled one is fresh.
+    pub fn give_canceller(&self, canceller: monoio::io::Canceller) {
+        let mut cancellers = self.cancellers.borrow_mut();
+        if cancellers.len() < MAX_POOLED_CLIENT_BUFS {
+            cancellers.push(canceller);
         }
     }
 
