@@ -247,8 +247,10 @@ fn version_error(region: &[u8], first_line: usize) -> Result<Option<RequestHead>
         return Err(RequestError::BadRequest("malformed HTTP version"));
     };
     let rest = line.get(version_start..).unwrap_or(&[]);
+    // The line has ended only once the LF after its CR is here: a CR still waiting for its LF
+    // may turn out bare (400 from the pre-scan), so the verdict waits for it too.
     let (token, terminated) = match rest.iter().position(|&b| b == b'\r') {
-        Some(cr) => (&rest[..cr], true),
+        Some(cr) => (&rest[..cr], rest.get(cr + 1) == Some(&b'\n')),
         None => (rest, false),
     };
     let shape_ok = token.len() <= VERSION_LEN
@@ -552,8 +554,20 @@ mod tests {
         // A version still arriving is partial, whatever it turns out to be.
         assert_eq!(parse(b"GET / HTTP/2"), Ok(None));
         assert_eq!(parse(b"GET / HTTP/2.0"), Ok(None));
-        assert_eq!(err(b"GET / HTTP/2.0\r").status(), 505);
+        assert_eq!(parse(b"GET / HTTP/2.0\r"), Ok(None));
+        assert_eq!(err(b"GET / HTTP/2.0\r\n").status(), 505);
         assert_eq!(err(b"GET / HTTP/x").status(), 400);
+        // Found by the proxy_pipeline fuzz target: the CR alone used to decide 505, so this
+        // head got 505 when read up to its CR and 400 (bare CR) when read whole.
+        let bare_cr = b"M-SEARCH * HTTP/0.1\re\r\n\r\n";
+        assert_eq!(err(bare_cr).status(), 400);
+        for cut in 1..bare_cr.len() {
+            match parse(&bare_cr[..cut]) {
+                Ok(None) => {}
+                Err(e) => assert_eq!(e.status(), 400, "prefix of {cut} bytes"),
+                Ok(Some(_)) => panic!("prefix of {cut} bytes parsed"),
+            }
+        }
     }
 
     #[test]

@@ -494,7 +494,7 @@ mod tests {
         String::from_utf8_lossy(&out).into_owned()
     }
 
-    /// Found by the `proxy_pipeline` fuzz target: a stored 204 was written with
+    /// Found by the `proxy_pipeline` oracle on its seeds: a stored 204 was written with
     /// `Content-Length: 0`, which a 204 must not carry.
     #[test]
     fn stored_heads_describe_the_kept_body() {
