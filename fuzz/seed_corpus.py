@@ -14,9 +14,13 @@ response vector answers one of a few canned client requests, and a few hand-made
 through whole, byte-at-a-time and a few odd sizes, so every stream is also seen in pieces.
 
 At most --max files per target are kept, taken in turn from each llhttp test file so every file
-is represented; names say where a seed came from. Run from anywhere:
+is represented; names say where a seed came from. A few hand-made heads cover what the vectors
+lack. Run from anywhere:
 
-    python3 fuzz/seed_corpus.py [--vectors PATH] [--max N]
+    python3 fuzz/seed_corpus.py [--vectors PATH] [--max N] [--out DIR]
+
+Without --out this replaces fuzz/corpus/: to add new seeds to a committed corpus instead, write
+them elsewhere and fold them in with min_corpus.py.
 """
 
 import argparse
@@ -51,6 +55,25 @@ CANNED_REQUESTS = [
     b"POST /v1/y?a=1 HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc",
     b"GET /v1/z HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
 ]
+# Heads written by hand for what the vectors lack: Expect, X-Forwarded-For chains, fields named
+# in Connection, OPTIONS *, a callback query, 1xx/304 answers, obs-text reasons.
+HAND_MADE_REQUESTS = [
+    b"POST /v1/x?a=1 HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc",
+    b"GET /crypto/sign HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.2.3.4\r\nx-forwarded-for: ,5.6.7.8\r\n"
+    b"Connection: keep-alive, X-Drop\r\nX-Drop: 1\r\nTE: trailers\r\nAuthorization: client\r\n\r\n",
+    b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"PUT /a/b/ HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"DELETE /v1/%2e%2E/x;p?callback=https%3A%2F%2Fh.example%2F HTTP/1.1\r\nHost: h\r\n"
+    b"Transfer-Encoding: chunked\r\nIdempotency-Key: k\r\n\r\n0\r\n\r\n",
+]
+HAND_MADE_RESPONSES = [
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\nConnection: close, X-A\r\nX-A: b\r\n\r\n",
+    b"HTTP/1.0 200 \xe9t\xe9\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n"
+    b"Transfer-Encoding: gzip, chunked\r\n\r\n",
+    b"HTTP/1.1 204 No Content\r\nTrailer: X\r\nUpgrade: h2c\r\nProxy-Authenticate: Basic\r\n\r\n",
+]
+
 # Whole connections, written by hand: (client, upstream).
 HAND_MADE = [
     (
@@ -126,6 +149,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vectors", default=DEFAULT_VECTORS)
     parser.add_argument("--max", type=int, default=DEFAULT_MAX)
+    parser.add_argument(
+        "--out",
+        default=os.path.join(HERE, "corpus"),
+        help="where the <target>/ directories go (replaced); default: fuzz/corpus",
+    )
     args = parser.parse_args()
 
     with open(args.vectors) as f:
@@ -159,12 +187,19 @@ def main():
             client = CANNED_REQUESTS[i % len(CANNED_REQUESTS)]
             seed = pipeline_input(client, raw, pattern, pattern)
         add("proxy_pipeline", v["source"], seed)
+    for i, raw in enumerate(HAND_MADE_REQUESTS):
+        add("request_head", "hand-made/request-%d" % i, raw)
+    for i, raw in enumerate(HAND_MADE_RESPONSES):
+        add("response_head", "hand-made/response-%d" % i, raw)
+        body = chunked_body(raw)
+        if body:
+            add("chunked", "hand-made/response-%d" % i, with_split_prefix(body))
     for i, (client, upstream) in enumerate(HAND_MADE):
         for pattern in PATTERNS:
             add("proxy_pipeline", "hand-made/connection-%d" % i, pipeline_input(client, upstream, pattern, pattern))
 
     for target, groups in seeds.items():
-        out_dir = os.path.join(HERE, "corpus", target)
+        out_dir = os.path.join(args.out, target)
         shutil.rmtree(out_dir, ignore_errors=True)
         os.makedirs(out_dir)
         # The pipeline target gets twice the share: its inputs pair two streams.
