@@ -26,10 +26,14 @@
 //! - [`error`]: the forwarding error type (source, retryability, status) and the JSON error
 //!   responses.
 //! - [`log`]: leveled stderr logging.
+//!
+//! Off the request path: [`fuzz_checks`], the invariant oracles that the fuzz targets in `fuzz/`
+//! and `tests/fuzz_regression.rs` share.
 
 pub mod config;
 pub mod config_file;
 pub mod error;
+pub mod fuzz_checks;
 pub mod http;
 pub mod jobs;
 pub mod limit;

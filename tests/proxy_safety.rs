@@ -160,6 +160,25 @@ fn malformed_heads_are_rejected() {
     });
 }
 
+/// A refused head right after a HEAD request on the same connection: the 400 still carries its
+/// JSON body (the HEAD's "no body" must not stick to the connection's next answer).
+#[test]
+fn a_bad_head_after_a_head_request_gets_its_body() {
+    for_both_drivers(|legacy| {
+        let origin = MockOrigin::echo();
+        let sluice = start_proxy(&origin.url(), &[], legacy);
+        let mut client = sluice.connect();
+        client.send("HEAD /crypto/sign HTTP/1.1\r\nHost: sluice.test\r\n\r\n");
+        let head = client.head_response();
+        assert_eq!(head.status, 200, "{}", head.head_text());
+        client.send("GET /crypto/sign HTTP/1.1\r\nHost : sluice.test\r\n\r\n");
+        let resp = client.response();
+        assert_json_error(&resp, 400, "bad_request");
+        assert!(resp.connection_close(), "{}", resp.head_text());
+        client.expect_closed();
+    });
+}
+
 #[test]
 fn malformed_chunked_bodies_are_rejected() {
     let te = "Transfer-Encoding: chunked\r\n";

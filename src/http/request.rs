@@ -147,8 +147,17 @@ const VERSION_LEN: usize = 8;
 /// `Ok(None)`: the head is not complete yet (read more and call again with the longer buffer).
 /// `Ok(Some(head))`: `head.head_len` bytes form the head; the body (per `head.framing`) and any
 /// pipelined request follow. `Err`: answer `err.status()` and close.
+///
+/// The answer does not depend on how the bytes arrived: a refusal that a later byte of the same
+/// head could turn into another status (505, 431) waits for the complete head, and a head that
+/// reaches the size limit still gets the 400 that a fault in its first bytes would have given
+/// had they arrived alone.
 pub fn parse_request(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>, RequestError> {
-    let scan = scan_head(buf, limits.max_head_bytes).map_err(scan_error)?;
+    let scan = match scan_head(buf, limits.max_head_bytes) {
+        Ok(scan) => scan,
+        Err(ScanError::TooLarge) => return Err(too_large(buf, limits)),
+        Err(e) => return Err(scan_error(e)),
+    };
     let region = &buf[..scan.scanned];
 
     let mut raw = raw_headers();
@@ -169,8 +178,16 @@ pub fn parse_request(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHe
                 None => Ok(None),
             };
         }
-        Err(httparse::Error::TooManyHeaders) => return Err(RequestError::TooManyHeaders),
-        Err(httparse::Error::Version) => return version_error(region, scan.first_line),
+        // A bare CR or LF later in the head makes it a 400: decide once the head is complete.
+        Err(httparse::Error::TooManyHeaders) => {
+            return match scan.head_len {
+                Some(_) => Err(RequestError::TooManyHeaders),
+                None => Ok(None),
+            };
+        }
+        Err(httparse::Error::Version) => {
+            return version_error(region, scan.first_line, scan.head_len.is_some())
+        }
         Err(e) => return Err(RequestError::BadRequest(httparse_reason(e))),
     };
     let Some(head_len) = scan.head_len.filter(|&len| len == n) else {
@@ -211,6 +228,23 @@ pub fn parse_request(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHe
     }))
 }
 
+/// The answer to a head that does not end within `limits.max_head_bytes`: 431, unless its first
+/// bytes hold a fault that the parse refuses with 400 (as it would have, had they arrived
+/// alone before the rest).
+fn too_large(buf: &[u8], limits: &HeadLimits) -> RequestError {
+    let within = &buf[..buf.len().min(limits.max_head_bytes)];
+    // The pre-scan found no NUL, bare CR or bare LF in `within` and no end of head: parsed
+    // with room to spare, it is incomplete unless httparse refuses a byte of it.
+    let roomy = HeadLimits {
+        max_head_bytes: within.len().saturating_add(1),
+        ..*limits
+    };
+    match parse_request(within, &roomy) {
+        Err(e) if e.status() == 400 => e,
+        _ => RequestError::HeadTooLarge,
+    }
+}
+
 fn scan_error(e: ScanError) -> RequestError {
     match e {
         ScanError::TooLarge => RequestError::HeadTooLarge,
@@ -233,9 +267,14 @@ fn httparse_reason(e: httparse::Error) -> &'static str {
 }
 
 /// httparse refuses every version but `HTTP/1.0` and `HTTP/1.1`. Tell a well-formed other
-/// version (505) from garbage (400); a version that is still arriving is `Ok(None)`, so every
-/// split of the input gives the same answer.
-fn version_error(region: &[u8], first_line: usize) -> Result<Option<RequestHead>, RequestError> {
+/// version (505) from garbage (400). A well-formed version is answered once the head is
+/// `complete` (until then `Ok(None)`): a bare CR or LF later in the head makes it a 400, so
+/// deciding 505 earlier would make the answer depend on how the bytes arrived.
+fn version_error(
+    region: &[u8],
+    first_line: usize,
+    complete: bool,
+) -> Result<Option<RequestHead>, RequestError> {
     let line = region.get(first_line..).unwrap_or(&[]);
     // httparse got past `method SP target SP`, so two single spaces precede the version.
     let mut spaces = line
@@ -247,9 +286,9 @@ fn version_error(region: &[u8], first_line: usize) -> Result<Option<RequestHead>
         return Err(RequestError::BadRequest("malformed HTTP version"));
     };
     let rest = line.get(version_start..).unwrap_or(&[]);
-    let (token, terminated) = match rest.iter().position(|&b| b == b'\r') {
-        Some(cr) => (&rest[..cr], true),
-        None => (rest, false),
+    let token = match rest.iter().position(|&b| b == b'\r') {
+        Some(cr) => &rest[..cr],
+        None => rest,
     };
     let shape_ok = token.len() <= VERSION_LEN
         && token.iter().enumerate().all(|(i, &b)| match i {
@@ -257,7 +296,7 @@ fn version_error(region: &[u8], first_line: usize) -> Result<Option<RequestHead>
             5 | 7 => b.is_ascii_digit(),
             _ => b == b'.',
         });
-    match (shape_ok, terminated, token.len() == VERSION_LEN) {
+    match (shape_ok, complete, token.len() == VERSION_LEN) {
         (true, true, true) => Err(RequestError::VersionNotSupported),
         (true, false, _) => Ok(None),
         _ => Err(RequestError::BadRequest("malformed HTTP version")),
@@ -536,7 +575,7 @@ mod tests {
             RequestError::VersionNotSupported
         );
         assert_eq!(err(b"GET / HTTP/0.9\r\n\r\n").status(), 505);
-        assert_eq!(err(b"GET / HTTP/5.6\r\n").status(), 505);
+        assert_eq!(err(b"GET / HTTP/5.6\r\n\r\n").status(), 505);
         for bad in [
             &b"GET / HTTP/1.10\r\nHost: h\r\n\r\n"[..],
             b"GET / HTTP/11.1\r\n\r\n",
@@ -552,8 +591,31 @@ mod tests {
         // A version still arriving is partial, whatever it turns out to be.
         assert_eq!(parse(b"GET / HTTP/2"), Ok(None));
         assert_eq!(parse(b"GET / HTTP/2.0"), Ok(None));
-        assert_eq!(err(b"GET / HTTP/2.0\r").status(), 505);
+        assert_eq!(parse(b"GET / HTTP/2.0\r"), Ok(None));
         assert_eq!(err(b"GET / HTTP/x").status(), 400);
+        // A well-formed version waits for the end of the head, whose later bytes may make it a
+        // 400 instead. Found by the proxy_pipeline fuzz target: these heads got 505 when read
+        // up to the end of their request line and 400 (bare CR) when read whole.
+        assert_eq!(parse(b"GET / HTTP/2.0\r\nHost: h\r\n"), Ok(None));
+        for bare_cr in [
+            &b"M-SEARCH * HTTP/0.1\re\r\n\r\n"[..],
+            b"HEAD / HTTP/2.1\r\nHost: h\r\n\rD\r\n\r\n",
+        ] {
+            assert_eq!(err(bare_cr).status(), 400);
+            assert_every_prefix_is(bare_cr, 400);
+        }
+        assert_every_prefix_is(b"GET / HTTP/2.0\r\nHost: h\r\n\r\n", 505);
+    }
+
+    /// Every prefix of `buf` is incomplete or refused with `status`.
+    fn assert_every_prefix_is(buf: &[u8], status: u16) {
+        for cut in 1..=buf.len() {
+            match parse(&buf[..cut]) {
+                Ok(None) => {}
+                Err(e) => assert_eq!(e.status(), status, "prefix of {cut} bytes: {e:?}"),
+                Ok(Some(_)) => panic!("prefix of {cut} bytes parsed"),
+            }
+        }
     }
 
     #[test]
@@ -638,6 +700,23 @@ mod tests {
             max_headers: 1,
         };
         assert_eq!(parse_request(buf, &small), Err(RequestError::HeadTooLarge));
+        // A fault in the bytes before the limit is a 400 however the head arrives, not a 431
+        // when it arrives at once.
+        let bad_then_long = b"GET /a b HTTP/1.1\r\nHost: h\r\nX: 0123456789\r\n\r\n";
+        let tight = HeadLimits {
+            max_head_bytes: 30,
+            max_headers: 8,
+        };
+        assert_eq!(
+            parse_request(bad_then_long, &tight).map_err(|e| e.status()),
+            Err(400)
+        );
+        assert_eq!(
+            parse_request(&bad_then_long[..10], &tight).map_err(|e| e.status()),
+            Err(400)
+        );
+        let long = b"GET /ab HTTP/1.1\r\nHost: h\r\nX: 0123456789\r\n\r\n";
+        assert_eq!(parse_request(long, &tight), Err(RequestError::HeadTooLarge));
         // Incomplete and already at the limit.
         assert_eq!(
             parse_request(
@@ -668,11 +747,15 @@ mod tests {
         assert_eq!(e, RequestError::TooManyHeaders);
         assert_eq!(e.status(), 431);
         assert_eq!(e.code(), "header_too_large");
-        // Also while the head is still incomplete.
-        assert_eq!(
-            parse_request(&two[..two.len() - 2], &one),
-            Err(RequestError::TooManyHeaders)
-        );
+        // While the head is incomplete the answer waits: a bare CR later in the same head
+        // makes it a 400 (and a head that never ends gets 431 at the size limit anyway).
+        assert_eq!(parse_request(&two[..two.len() - 2], &one), Ok(None));
+        let bare_cr_later = b"GET / HTTP/1.1\r\nHost: h\r\nA: b\r\nX\rY\r\n\r\n";
+        for cut in 1..=bare_cr_later.len() {
+            if let Err(e) = parse_request(&bare_cr_later[..cut], &one) {
+                assert_eq!(e.status(), 400, "prefix of {cut} bytes: {e:?}");
+            }
+        }
         // max_headers above the cap is clamped, not a panic.
         let huge = HeadLimits {
             max_head_bytes: 1 << 20,

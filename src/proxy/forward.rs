@@ -221,7 +221,7 @@ async fn flush_keep(upstream: &mut UpstreamConn, request: &mut Vec<u8>) -> Resul
 }
 
 /// Framing, encoding and keep-alive for the client's copy of the response body.
-fn client_framing(
+pub(crate) fn client_framing(
     upstream: BodyFraming,
     version: Version,
     keep_alive: bool,
@@ -297,7 +297,7 @@ pub async fn stream_response(
 }
 
 /// Reads the whole response into memory (at most `--max-response-body-bytes`) as a stored
-/// result: a complete HTTP/1.1 head with `Content-Length`, and the body.
+/// result: a complete HTTP/1.1 head describing the kept body ([`stored_edits`]), and the body.
 pub async fn collect_response(
     worker: &Worker,
     routes: &Routes,
@@ -345,26 +345,13 @@ pub async fn collect_response(
     }
     release(worker, upstream, &response);
     let body = Bytes::from(sink.body);
-    // A stored answer is served later to GET /result too, so it must describe exactly the
-    // bytes kept: a HEAD job's answer is stored with `Content-Length: 0`. A 304 has no body
-    // whatever the method, and keeps the origin's Content-Length.
     let _ = method;
-    let framing = if response.status == 304 {
-        BodyFraming::None
-    } else {
-        BodyFraming::Length(body.len() as u64)
-    };
     let mut head = Vec::with_capacity(head_bytes.len() + 32);
     write_client_response(
         &mut head,
         &response,
         &head_bytes,
-        &ClientResponseEdits {
-            framing,
-            keep_alive: true,
-            client_version: Version::Http11,
-            keep_content_length: framing == BodyFraming::None,
-        },
+        &stored_edits(response.status, body.len()),
     );
     let content_type = find_header(&response.headers, &head_bytes, b"content-type")
         .map(|v| String::from_utf8_lossy(v).into_owned());
@@ -375,6 +362,25 @@ pub async fn collect_response(
         content_type,
         from_upstream: true,
     })
+}
+
+/// The edits of a stored answer's head. A stored answer is served later to `GET /result` too,
+/// so it must describe exactly the bytes kept: `Content-Length` of the kept body (a HEAD job's
+/// answer is stored with `Content-Length: 0`), except for the statuses that never have a body
+/// whatever the method: a 304 keeps the origin's Content-Length (it describes the
+/// representation), a 204 gets none (RFC 9110 section 8.6: a 204 must not carry one).
+pub(crate) fn stored_edits(status: u16, body_len: usize) -> ClientResponseEdits {
+    let framing = if status == 204 || status == 304 {
+        BodyFraming::None
+    } else {
+        BodyFraming::Length(body_len as u64)
+    };
+    ClientResponseEdits {
+        framing,
+        keep_alive: true,
+        client_version: Version::Http11,
+        keep_content_length: status == 304,
+    }
 }
 
 /// A sluice-generated error as a stored result (the job's answer when no upstream answer
@@ -485,4 +491,46 @@ async fn read_response_head(
 /// A failure that a dead pooled connection produces before any response byte.
 fn is_stale_error(e: &ProxyError) -> bool {
     matches!(e, ProxyError::UpstreamClosed | ProxyError::UpstreamIo(_))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::HeadLimits;
+
+    fn stored_head(upstream: &[u8], body_len: usize) -> String {
+        let head = match parse_response(upstream, &HeadLimits::default(), Method::Get) {
+            Ok(Some(head)) => head,
+            other => panic!("{other:?}"),
+        };
+        let mut out = Vec::new();
+        write_client_response(
+            &mut out,
+            &head,
+            upstream,
+            &stored_edits(head.status, body_len),
+        );
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Found by the `proxy_pipeline` oracle on its seeds: a stored 204 was written with
+    /// `Content-Length: 0`, which a 204 must not carry.
+    #[test]
+    fn stored_heads_describe_the_kept_body() {
+        assert_eq!(
+            stored_head(b"HTTP/1.1 204 No Content\r\nX: y\r\n\r\n", 0),
+            "HTTP/1.1 204 No Content\r\nX: y\r\n\r\n"
+        );
+        assert_eq!(
+            stored_head(
+                b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n",
+                0
+            ),
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n"
+        );
+        assert_eq!(
+            stored_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", 5),
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
+        );
+    }
 }

@@ -198,6 +198,9 @@ async fn serve_requests(worker: &Rc<Worker>, slot: &mut Option<ClientConn>) -> E
         let Some(conn) = slot.as_mut() else {
             return End::Close;
         };
+        // Until a head is parsed no request is being answered: the answer to a refused or late
+        // head carries its body even right after a HEAD request.
+        conn.head_request = false;
         let (mut head, bytes) = match read_head(worker, conn).await {
             HeadRead::Head(head, bytes) => (head, bytes),
             HeadRead::Closed => return End::Close,
