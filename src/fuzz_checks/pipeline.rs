@@ -259,6 +259,17 @@ thread_local! {
     static RUNTIME: RefCell<Option<Runtime>> = const { RefCell::new(None) };
 }
 
+thread_local! {
+    /// The per-core timer service the read path bounds its reads with (its driver need not run:
+    /// in-memory reads complete before any timeout).
+    static TIMERS: std::rc::Rc<crate::timer::Timers> =
+        crate::timer::Timers::new(std::time::Instant::now(), crate::timer::DEFAULT_TICK);
+}
+
+fn pipeline_timers() -> std::rc::Rc<crate::timer::Timers> {
+    TIMERS.with(|t| t.clone())
+}
+
 /// Runs `fut` to completion on this thread's runtime (the real read path needs monoio's timer).
 fn block_on<F: Future>(fut: F) -> F::Output {
     RUNTIME.with(|cell| {
@@ -395,7 +406,15 @@ async fn serve(input: &Input<'_>) -> Transcript {
                     }
                 }
             }
-            match read_more(&mut client, &mut buf, HEAD_READ_BYTES, READ_TIMEOUT).await {
+            match read_more(
+                &mut client,
+                &mut buf,
+                HEAD_READ_BYTES,
+                &pipeline_timers(),
+                READ_TIMEOUT,
+            )
+            .await
+            {
                 Ok(0) | Err(_) => return t,
                 Ok(_) => {}
             }
@@ -478,6 +497,7 @@ async fn serve(input: &Input<'_>) -> Transcript {
             encode,
             &mut sink,
             &mut scratch,
+            &pipeline_timers(),
             READ_TIMEOUT,
             MAX_REQUEST_BODY_BYTES,
         )
@@ -550,6 +570,7 @@ async fn serve(input: &Input<'_>) -> Transcript {
             encode,
             &mut sink,
             &mut out,
+            &pipeline_timers(),
             READ_TIMEOUT,
             u64::MAX,
         )
@@ -611,7 +632,15 @@ async fn read_response_head(
                 Err(e) => return Err(ProxyError::UpstreamMalformed(e.message())),
             }
         }
-        match read_more(upstream, buf, READ_CHUNK_BYTES, READ_TIMEOUT).await {
+        match read_more(
+            upstream,
+            buf,
+            READ_CHUNK_BYTES,
+            &pipeline_timers(),
+            READ_TIMEOUT,
+        )
+        .await
+        {
             Ok(0) if seen_any => {
                 return Err(ProxyError::UpstreamMalformed("closed inside the head"))
             }
@@ -674,6 +703,7 @@ async fn collect_response(
         Encode::Raw,
         &mut sink,
         &mut scratch,
+        &pipeline_timers(),
         READ_TIMEOUT,
         MAX_RESPONSE_BODY_BYTES,
     )
@@ -951,7 +981,7 @@ mod tests {
         let mut reads = Vec::new();
         block_on(async {
             loop {
-                match read_more(&mut src, &mut buf, 16, READ_TIMEOUT).await {
+                match read_more(&mut src, &mut buf, 16, &pipeline_timers(), READ_TIMEOUT).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => reads.push(n),
                 }
