@@ -16,7 +16,7 @@ use sluice::fuzz_checks::{chunked, pipeline, request_head, response_head};
 const VECTORS: &str = include_str!("data/llhttp-strict.json");
 
 /// Pseudo-random mutations per target (each one oracle call on a mutated corpus input).
-const MUTATION_ROUNDS: usize = 10_000;
+const MUTATION_ROUNDS: usize = 50_000;
 
 /// Bytes the mutations insert: the ones HTTP framing turns on, plus a few that must be refused.
 const ALPHABET: &[u8] = b"\r\n\0 \t:;,=\"/?#%*-0159aAfFxX\x7f\x80\xff";
