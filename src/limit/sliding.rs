@@ -1768,7 +1768,14 @@ mod tests {
     /// refused and send mostly from their leases (one trip to the shared state per lease),
     /// still exactly. Thread 2, whose `now`s are mostly older than its lease, mostly takes the
     /// shared path. (Measured: at least 99.3 % sent and 94 % of those from leases.)
+    ///
+    /// How many sends come from leases depends on how the OS schedules four threads, so this is
+    /// a performance property, not a correctness one (exactness is checked above): on a loaded
+    /// 2-core machine it failed about one run in five. Run it on a quiet machine with
+    /// `cargo test --release --lib -- --ignored threads_with_leases`; `cargo bench --bench
+    /// limiter` measures the leased path's cost.
     #[test]
+    #[ignore = "scheduling-dependent performance property; see the doc comment"]
     fn threads_with_leases_send_mostly_from_leases_below_the_limit() {
         // One attempt per 500 ns is 2 per µs, about half of 3.9.
         let attempts = 50_000;
