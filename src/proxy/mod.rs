@@ -582,7 +582,17 @@ async fn read_head(worker: &Worker, conn: &mut ClientConn) -> HeadRead {
             }
         };
         let started = !conn.buf.is_empty();
-        let read = if started {
+        // Idle between requests: a shutdown closes the connection; a long wait parks it.
+        if !started && worker.drain.draining() {
+            return HeadRead::Closed;
+        }
+        let read = if !started && timeout > PARK_AFTER {
+            match idle_read(worker, conn).await {
+                IdleRead::Read(r) => r,
+                IdleRead::Drain => return HeadRead::Closed,
+                IdleRead::Park => return HeadRead::Park(timeout.saturating_sub(PARK_AFTER)),
+            }
+        } else {
             read_more(
                 &mut conn.stream,
                 &mut conn.buf,
@@ -591,27 +601,6 @@ async fn read_head(worker: &Worker, conn: &mut ClientConn) -> HeadRead {
                 timeout,
             )
             .await
-        } else {
-            // Idle between requests: a shutdown closes the connection; a long wait parks it.
-            if worker.drain.draining() {
-                return HeadRead::Closed;
-            }
-            if timeout <= PARK_AFTER {
-                read_more(
-                    &mut conn.stream,
-                    &mut conn.buf,
-                    HEAD_READ_BYTES,
-                    &worker.timers,
-                    timeout,
-                )
-                .await
-            } else {
-                match idle_read(worker, conn).await {
-                    IdleRead::Read(r) => r,
-                    IdleRead::Drain => return HeadRead::Closed,
-                    IdleRead::Park => return HeadRead::Park(timeout.saturating_sub(PARK_AFTER)),
-                }
-            }
         };
         match read {
             Ok(0) => return HeadRead::Closed,
