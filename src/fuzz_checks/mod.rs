@@ -28,6 +28,27 @@ use crate::http::{BodyFraming, HeadLimits, MAX_HEADERS_CAP};
 
 /// Limits for parsing a head sluice wrote: it may have grown past the default limits by the
 /// fields sluice adds, and the field count is capped only by the httparse array.
+/// The fields of `headers` (spans into `buf`) as `(name, value)` pairs, in order, leaving out
+/// the names in `generated` (fields a writer makes itself; compared case-insensitively).
+fn fields_except<'a>(
+    headers: &[crate::http::HeaderSpan],
+    buf: &'a [u8],
+    generated: &[&[u8]],
+) -> Vec<(&'a [u8], &'a [u8])> {
+    headers
+        .iter()
+        .filter(|h| !is_generated(h.name.get(buf), generated))
+        .map(|h| (h.name.get(buf), h.value.get(buf)))
+        .collect()
+}
+
+/// Whether `name` is one of `generated` (case-insensitively).
+fn is_generated(name: &[u8], generated: &[&[u8]]) -> bool {
+    generated
+        .iter()
+        .any(|g| crate::http::eq_ignore_case(g, name))
+}
+
 fn roomy_limits(len: usize) -> HeadLimits {
     HeadLimits {
         max_head_bytes: len.saturating_add(1),

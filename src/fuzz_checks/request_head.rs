@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 
 use crate::http::request::{parse_request, Method, RequestHead};
 use crate::http::writer::{write_upstream_request, UpstreamRequestEdits};
-use crate::http::{eq_ignore_case, is_hop_by_hop, BodyFraming, HeadLimits, HeaderSpan};
+use crate::http::{eq_ignore_case, is_hop_by_hop, BodyFraming, HeadLimits};
 use crate::routing::Allowlist;
 
 use super::{prefix_cuts, roomy_limits};
@@ -212,18 +212,11 @@ pub fn check_upstream_head(
         );
     }
 
-    let passed =
-        |h: &&HeaderSpan, buf: &[u8]| !GENERATED.iter().any(|g| eq_ignore_case(g, h.name.get(buf)));
-    let sent: Vec<(&[u8], &[u8])> = again
-        .headers
-        .iter()
-        .filter(|h| passed(h, out))
-        .map(|h| (h.name.get(out), h.value.get(out)))
-        .collect();
+    let sent = super::fields_except(&again.headers, out, &GENERATED);
     let expected: Vec<(&[u8], &[u8])> = head
         .headers
         .iter()
-        .filter(|h| h.forward && passed(h, input))
+        .filter(|h| h.forward && !super::is_generated(h.name.get(input), &GENERATED))
         .map(|h| (h.name.get(input), h.value.get(input)))
         .chain(edits.extra_headers.iter().copied())
         .collect();

@@ -16,7 +16,7 @@
 use crate::http::request::Method;
 use crate::http::response::{parse_response, ResponseHead};
 use crate::http::writer::{write_client_response, ClientResponseEdits};
-use crate::http::{eq_ignore_case, is_hop_by_hop, BodyFraming, HeadLimits, HeaderSpan, Version};
+use crate::http::{is_hop_by_hop, BodyFraming, HeadLimits, Version};
 use crate::proxy::forward::client_framing;
 
 use super::{prefix_cuts, roomy_limits};
@@ -133,14 +133,7 @@ pub fn check_client_head(
         "Content-Length announced wrongly"
     );
 
-    let passed =
-        |h: &&HeaderSpan, buf: &[u8]| !GENERATED.iter().any(|g| eq_ignore_case(g, h.name.get(buf)));
-    let sent: Vec<(&[u8], &[u8])> = again
-        .headers
-        .iter()
-        .filter(|h| passed(h, out))
-        .map(|h| (h.name.get(out), h.value.get(out)))
-        .collect();
+    let sent = super::fields_except(&again.headers, out, &GENERATED);
     let forwarded: Vec<(&[u8], &[u8])> = head
         .headers
         .iter()
