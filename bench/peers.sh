@@ -69,6 +69,9 @@ fi
 ulimit -n "$(ulimit -Hn)"
 
 mkdir -p "$OUT"/{www/files,run}
+# The origin's workers run as an unprivileged user: they must be able to read the files
+# (mktemp -d makes the directory private).
+chmod 755 "$OUT" "$OUT/www" "$OUT/www/files"
 PIDS=()
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -213,6 +216,18 @@ EOF
 }
 
 # --- Processes --------------------------------------------------------------------------------
+check_ok() { # port: GET /files/16k must answer 200
+    local status
+    status=$(python3 -c 'import http.client, sys
+c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=5)
+c.request("GET", "/files/16k")
+print(c.getresponse().status)' "$1" 2>&1 | tail -1)
+    if [[ $status != 200 ]]; then
+        echo "bench/peers.sh: GET /files/16k on port $1 answered $status, not 200 (see $OUT/*.err)" >&2
+        exit 1
+    fi
+}
+
 wait_port() {
     for _ in $(seq 1 100); do
         (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
@@ -281,6 +296,11 @@ start_layout() { # layout
     for port in $ORIGIN_PORT $ORIGIN_TLS_PORT $SLUICE_PORT $SLUICE_TLS_PORT $NGINX_PORT \
         $NGINX_TLS_PORT $HAPROXY_PORT $HAPROXY_TLS_PORT; do
         wait_port "$port"
+    done
+    # Every target must answer 200 before anything is measured (a 403 from an unreadable file
+    # would otherwise be benchmarked as a fast answer).
+    for port in $ORIGIN_PORT $SLUICE_PORT $NGINX_PORT $HAPROXY_PORT; do
+        check_ok "$port"
     done
     DRIVER=$(grep -o 'driver=[a-z_]*' "$OUT/sluice.err" | head -1 || true)
 }

@@ -176,6 +176,50 @@ fn response_bodies_reach_http11_clients_intact() {
 }
 
 #[test]
+fn large_bodies_reach_a_slow_reader_intact_after_short_writes() {
+    // The client reads nothing until two pipelined 1 MiB responses have filled every socket
+    // buffer on the way: sluice's writes of head + body (one writev, the body not copied) come
+    // back short and must resume exactly where they stopped.
+    for_both_drivers(|legacy| {
+        let origin = framing_origin();
+        let sluice = start_proxy(&origin.url(), &[], legacy);
+        let mut client = sluice.connect();
+        client.send(
+            "GET /crypto/sign?big HTTP/1.1\r\nHost: sluice.test\r\n\r\n\
+             GET /crypto/sign?cl HTTP/1.1\r\nHost: sluice.test\r\n\r\n\
+             GET /crypto/sign?big HTTP/1.1\r\nHost: sluice.test\r\n\r\n",
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        for (n, expected) in [
+            pattern(LARGE_RESPONSE_BODY),
+            b"content-length body".to_vec(),
+            pattern(LARGE_RESPONSE_BODY),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let resp = client.response();
+            assert_eq!(resp.status, 200, "response {n}");
+            assert!(
+                resp.body == expected,
+                "response {n} corrupted ({} bytes, wanted {})",
+                resp.body.len(),
+                expected.len()
+            );
+        }
+        // HTTP/1.0 and a close-delimited origin: raw bytes until the end, same path.
+        let mut client = sluice.connect();
+        client.send("GET /crypto/sign?close-delimited HTTP/1.0\r\nHost: sluice.test\r\n\r\n");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let resp = client.response();
+        assert!(
+            resp.body == pattern(CLOSE_DELIMITED_BODY),
+            "close-delimited body corrupted"
+        );
+    });
+}
+
+#[test]
 fn http10_clients_never_get_chunked_responses() {
     for_both_drivers(|legacy| {
         let origin = framing_origin();

@@ -31,8 +31,10 @@ use crate::config::{Config, Origin, Scheme};
 use crate::error::ProxyError;
 
 /// Capacity of an upstream connection's read buffer. Response heads must fit (the response head
-/// limit is the same `--max-head-bytes`); bodies stream through it in pieces of this size.
-pub const UPSTREAM_READ_BUF_BYTES: usize = 16 * 1024;
+/// limit is the same `--max-head-bytes`). 32 KiB takes a head and a 16 KiB body in one read,
+/// so such a response goes to the client in one write straight from this buffer (a 16 KiB
+/// buffer left its last bytes for a second read into a new buffer: a copy and an allocation).
+pub const UPSTREAM_READ_BUF_BYTES: usize = 32 * 1024;
 
 /// Everything needed to open connections to the origin; shared read-only by all workers.
 pub struct Upstream {
