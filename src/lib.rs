@@ -38,6 +38,7 @@ pub mod http;
 pub mod jobs;
 pub mod limit;
 pub mod log;
+pub mod metrics;
 pub mod proxy;
 pub mod routing;
 pub mod server;
