@@ -128,6 +128,7 @@ fn start(timers: &Rc<Timers>, config: SenderConfig) -> Harness {
         Arc::new(move |report| {
             let _ = tx.lock().unwrap().send(report);
         }),
+        Rc::new(sluice::metrics::Shard::detached()),
     );
     Harness {
         sender,

@@ -173,6 +173,11 @@ pub struct JobCell {
     endpoint: Cell<Option<usize>>,
     /// True once the job's row is in the store: its progress and end are recorded there.
     persisted: Cell<bool>,
+    /// Counted as deferred in the metrics (a 202 was given, or it resumed from the store).
+    deferred: Cell<bool>,
+    /// The terminal result for the metrics (`Some(succeeded)`); `None` when the job ends
+    /// without one (cancelled, or left to the store at shutdown).
+    end: Cell<Option<bool>>,
 }
 
 impl JobCell {
@@ -202,6 +207,8 @@ impl JobCell {
             routes: RefCell::new(None),
             endpoint: Cell::new(None),
             persisted: Cell::new(false),
+            deferred: Cell::new(false),
+            end: Cell::new(None),
         }
     }
 
@@ -226,6 +233,8 @@ impl JobCell {
         self.remote.borrow_mut().clear();
         self.request.borrow_mut().clear();
         self.persisted.set(false);
+        self.deferred.set(false);
+        self.end.set(None);
     }
 
     /// The job as a store row: its request without the token, every callback it may owe
@@ -445,6 +454,7 @@ pub async fn serve_job(
         key,
     };
     let cell = &guard.cell;
+    worker.metrics.job_opened(false);
     cell.id.set(request.id);
     cell.method.set(request.method);
     cell.limiter.set(request.limiter);
@@ -468,6 +478,7 @@ pub async fn serve_job(
         Driven::Direct(answer) => {
             // Streamed to its only client: nobody else waits (see `must_store`).
             cell.finished.set(true);
+            cell.end.set(Some((200..300).contains(&answer.head.status)));
             drop(request.open.take());
             return match slot.as_mut() {
                 Some(conn) => stream_response(worker, &request.routes, conn, head, answer).await,
@@ -543,7 +554,19 @@ async fn until_driven(
             cell.client_waiting.set(false);
             let record = cell.ensure_record(worker);
             cell.add_callback(callback);
-            crate::log::debug(format_args!("job {} deferred", record.id.as_string()));
+            worker.metrics.job_deferred();
+            cell.deferred.set(true);
+            let routes = cell.routes(worker);
+            let endpoint = cell
+                .endpoint
+                .get()
+                .map_or("", |e| routes.allowlist.entry(e));
+            crate::log::info(format_args!(
+                "job {} accepted: endpoint {endpoint}, deadline passed after {} attempts; \
+                 202 sent, the job goes on",
+                record.id.as_string(),
+                cell.attempts.get()
+            ));
             let durable = cell.persist(worker);
             if let Some(mut conn) = slot.take() {
                 // The 202 is written by the connection's new task (once the job is
@@ -573,6 +596,11 @@ struct JobGuard<'a> {
 
 impl Drop for JobGuard<'_> {
     fn drop(&mut self) {
+        let deferred = self.cell.deferred.get();
+        match self.cell.end.get() {
+            Some(succeeded) => self.worker.metrics.job_finished(succeeded, deferred),
+            None => self.worker.metrics.job_abandoned(deferred),
+        }
         forget_key(self.worker, self.key, &self.cell);
         let ended = self.cell.finished.get() || self.cell.result.borrow().is_some();
         if ended {
@@ -796,6 +824,8 @@ async fn run_resumed(
         key: None,
     };
     let cell = &guard.cell;
+    worker.metrics.job_opened(true);
+    cell.deferred.set(true);
     let stored = match problem {
         Some(why) => {
             crate::log::error(format_args!(
@@ -841,6 +871,7 @@ fn finish(worker: &Worker, cell: &JobCell, record: &Arc<JobRecord>, stored: &Sto
     cell.status.set(status);
     cell.next_attempt.set(None);
     cell.finished.set(true);
+    cell.end.set(Some(succeeded));
     {
         // One lock: whoever sees the terminal status also finds the result.
         let mut s = record.lock();
@@ -851,11 +882,17 @@ fn finish(worker: &Worker, cell: &JobCell, record: &Arc<JobRecord>, stored: &Sto
         s.finished_at = Some(SystemTime::now());
         s.result = Some(stored.clone());
     }
-    crate::log::debug(format_args!(
-        "job {} {} after {} attempts",
+    crate::log::info(format_args!(
+        "job {} {} after {} attempts: {} {}",
         record.id.as_string(),
         status.as_str(),
-        cell.attempts.get()
+        cell.attempts.get(),
+        stored.status,
+        if stored.from_upstream {
+            "from the origin"
+        } else {
+            "from sluice"
+        }
     ));
     cell.record_end(worker, status, stored);
     let persisted = cell.persisted.get();
@@ -873,6 +910,13 @@ async fn drive(worker: &Rc<Worker>, ctl: &Rc<JobCell>, key: Option<DedupKey>) ->
     };
     let limiters = &routes.limiters;
     let timers = &worker.timers;
+    let metrics = &**worker.metrics;
+    // The endpoint's metric slot; a resumed job whose path matches no endpoint any more
+    // counts in the shared overflow slot.
+    let endpoint_slot = ctl
+        .endpoint
+        .get()
+        .map_or(u16::MAX, |e| routes.endpoint(e).metric);
     loop {
         // Do not hold the caller when the next slot is certainly too late.
         if ctl.client_waiting.get() {
@@ -884,11 +928,19 @@ async fn drive(worker: &Rc<Worker>, ctl: &Rc<JobCell>, key: Option<DedupKey>) ->
             }
         }
         ctl.waiting_for_slot.set(true);
+        let limiter_slot = routes
+            .limiter_slots
+            .get(ctl.limiter.get())
+            .copied()
+            .unwrap_or(u16::MAX);
+        let wait_from = timers.now();
         worker
             .slots
-            .acquire(limiters, ctl.limiter.get(), timers)
+            .acquire(limiters, ctl.limiter.get(), timers, metrics, limiter_slot)
             .await;
         ctl.waiting_for_slot.set(false);
+        let sent_at = timers.now();
+        metrics.limiter_waited(limiter_slot, nanos(sent_at.saturating_sub(wait_from)));
         if worker.drain.halted() {
             // Shutting down: no attempt starts any more (the slot taken stays counted, which
             // is only cautious); a deferred job is in the store and resumes after the restart.
@@ -905,6 +957,11 @@ async fn drive(worker: &Rc<Worker>, ctl: &Rc<JobCell>, key: Option<DedupKey>) ->
             send_attempt(worker, &routes, &request, ctl.method.get())
         }
         .await;
+        let took = nanos(timers.now().saturating_sub(sent_at));
+        metrics.attempt(endpoint_slot, attempt_result(&result), took);
+        if crate::log::enabled(crate::config::LogLevel::Debug) || ctl.deferred.get() {
+            log_attempt(ctl, attempt, &result, took);
+        }
         let (retriable, retry_after) = match &result {
             Ok(answer) => {
                 ctl.last_status.set(Some(answer.head.status));
@@ -920,6 +977,15 @@ async fn drive(worker: &Rc<Worker>, ctl: &Rc<JobCell>, key: Option<DedupKey>) ->
             let now = timers.now();
             let next = now.saturating_add(duration_nanos(delay));
             if policy.may_retry(attempt, ctl.created.get(), next) {
+                metrics.retry(endpoint_slot);
+                if ctl.deferred.get() {
+                    crate::log::info(format_args!(
+                        "job {}: retry {} scheduled in {} ms",
+                        ctl.id.get().as_string(),
+                        attempt + 1,
+                        delay.as_millis()
+                    ));
+                }
                 // Close the failed attempt's connection (its body is not wanted).
                 drop(result);
                 ctl.status.set(JobStatus::Retrying);
@@ -943,6 +1009,40 @@ async fn drive(worker: &Rc<Worker>, ctl: &Rc<JobCell>, key: Option<DedupKey>) ->
             },
             Err(e) => Driven::Stored(stored_error(&e)),
         };
+    }
+}
+
+/// How an attempt ended, for `sluice_upstream_attempts_total`.
+fn attempt_result(result: &Result<Answer, ProxyError>) -> crate::metrics::Attempt {
+    use crate::metrics::Attempt;
+    match result {
+        Ok(answer) => Attempt::Status(answer.head.status),
+        Err(ProxyError::UpstreamConnectTimeout | ProxyError::UpstreamTimeout) => Attempt::Timeout,
+        Err(ProxyError::UpstreamConnect(_) | ProxyError::UpstreamTls(_)) => Attempt::ConnectError,
+        Err(ProxyError::UpstreamMalformed(_)) => Attempt::BadResponse,
+        Err(_) => Attempt::IoError,
+    }
+}
+
+/// The job lifecycle line of an attempt: at info for a job that was promised (202 or
+/// resumed), at debug for one whose client still waits (the access log covers those).
+fn log_attempt(ctl: &JobCell, attempt: u32, result: &Result<Answer, ProxyError>, took: Duration) {
+    let id = ctl.id.get();
+    let args = |outcome: &dyn std::fmt::Display| {
+        format!(
+            "job {}: attempt {attempt}: {outcome} in {} ms",
+            id.as_string(),
+            took.as_millis()
+        )
+    };
+    let line = match result {
+        Ok(answer) => args(&format_args!("status {}", answer.head.status)),
+        Err(e) => args(e),
+    };
+    if ctl.deferred.get() {
+        crate::log::info(format_args!("{line}"));
+    } else {
+        crate::log::debug(format_args!("{line}"));
     }
 }
 
@@ -1098,6 +1198,11 @@ async fn client_gone(stream: &monoio::net::TcpStream) {
             }
         }
     }
+}
+
+/// Nanoseconds on the worker clock as a `Duration`.
+fn nanos(n: u64) -> Duration {
+    Duration::from_nanos(n)
 }
 
 fn duration_nanos(d: Duration) -> u64 {

@@ -20,6 +20,7 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 
 use crate::limit::{Lease, Registry as Limiters};
+use crate::metrics::CoreMetrics;
 use crate::timer::Timers;
 
 struct Waiter {
@@ -63,15 +64,19 @@ pub struct SlotQueues {
     queues: RefCell<Vec<Queue>>,
 }
 
-/// Removes a ticket from its queue when the waiting future is dropped before it got a slot.
+/// Removes a ticket from its queue when the waiting future is dropped before it got a slot,
+/// and counts it out of the queue-depth gauge either way.
 struct TicketGuard<'a> {
     queues: &'a SlotQueues,
     limiter: usize,
     ticket: Option<u64>,
+    metrics: &'a CoreMetrics,
+    slot: u16,
 }
 
 impl Drop for TicketGuard<'_> {
     fn drop(&mut self) {
+        self.metrics.limiter_queue(self.slot, -1);
         if let Some(ticket) = self.ticket {
             self.queues.queues.borrow_mut()[self.limiter].remove(ticket);
         }
@@ -113,8 +118,16 @@ impl SlotQueues {
     }
 
     /// Waits until `limiter` grants a send slot, in FIFO order with the other waiters of this
-    /// core. Dropping the future leaves the queue.
-    pub async fn acquire(&self, limiters: &Limiters, limiter: usize, timers: &Rc<Timers>) {
+    /// core. Dropping the future leaves the queue. A wait is counted in `metrics`' queue depth
+    /// of the limiter's label `slot` while it lasts.
+    pub async fn acquire(
+        &self,
+        limiters: &Limiters,
+        limiter: usize,
+        timers: &Rc<Timers>,
+        metrics: &CoreMetrics,
+        slot: u16,
+    ) {
         let lim = limiters.limiter(limiter);
         // From here on `limiter` is this core's queue of that limiter.
         let limiter = self.ensure(limiters.queue(limiter));
@@ -137,10 +150,13 @@ impl SlotQueues {
             });
             ticket
         };
+        metrics.limiter_queue(slot, 1);
         let mut guard = TicketGuard {
             queues: self,
             limiter,
             ticket: Some(ticket),
+            metrics,
+            slot,
         };
         loop {
             // Wait to reach the front of the queue.

@@ -169,13 +169,18 @@ async fn send_copy(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let pooled = worker.pool.borrow_mut().take(Instant::now());
+        let pooled = {
+            let mut pool = worker.pool.borrow_mut();
+            let pooled = pool.take(Instant::now());
+            worker.metrics.upstream_idle(pool.idle_count());
+            pooled
+        };
         let mut upstream = match pooled {
             Some(c) => c,
             None => {
                 // Boxed: a connect (TCP, maybe a TLS handshake) is rare once the pool is warm,
                 // and its large state would otherwise sit in every connection's task.
-                let mut connect = Box::pin(worker.upstream.connect());
+                let mut connect = Box::pin(worker.upstream.connect(&worker.metrics));
                 match worker
                     .timers
                     .within(timeouts.upstream_connect, connect.as_mut())
@@ -425,7 +430,9 @@ fn release(worker: &Worker, mut upstream: UpstreamConn, response: &ResponseHead)
         if upstream.buf.capacity() > 2 * crate::upstream::UPSTREAM_READ_BUF_BYTES {
             upstream.buf = bytes::BytesMut::with_capacity(crate::upstream::UPSTREAM_READ_BUF_BYTES);
         }
-        worker.pool.borrow_mut().put(upstream, Instant::now());
+        let mut pool = worker.pool.borrow_mut();
+        pool.put(upstream, Instant::now());
+        worker.metrics.upstream_idle(pool.idle_count());
     }
 }
 

@@ -47,6 +47,7 @@ use smallvec::SmallVec;
 use crate::error::write_error_response;
 use crate::http::request::{parse_request, Method, RequestError, RequestHead};
 use crate::http::BodyFraming;
+use crate::metrics::Reject;
 use crate::server::worker::Worker;
 use body::{flush_out, read_more};
 
@@ -76,6 +77,9 @@ pub struct ClientConn {
     /// Cancels the idle read when the connection parks (kept for the connection's life, so a
     /// read allocates nothing).
     pub canceller: Canceller,
+    /// Counted in `sluice_client_connections_open` until the connection is dropped (by
+    /// whichever task ends it).
+    pub counted: crate::metrics::Open,
 }
 
 impl ClientConn {
@@ -101,6 +105,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
         peer_ip: ip_text(peer.ip()),
         head_request: false,
         canceller: worker.take_canceller(),
+        counted: crate::metrics::Open::client(&worker.metrics),
     };
     continue_serving(worker, conn).await;
 }
@@ -260,6 +265,7 @@ async fn handle(
     let routes = worker.routes();
     let config = &routes.config;
     let Some(endpoint) = routes.allowlist.match_path(path) else {
+        conn.counted.metrics().rejected(Reject::NotAllowlisted);
         return reply_error(
             conn,
             404,
@@ -418,6 +424,7 @@ async fn handle(
 
 /// `405 Method Not Allowed` with `Allow`: the endpoint's `methods` do not include this one.
 async fn reply_method_not_allowed(conn: &mut ClientConn, allow: &str, keep_alive: bool) -> Next {
+    conn.counted.metrics().rejected(Reject::MethodNotAllowed);
     conn.out.clear();
     crate::error::write_error_response(
         &mut conn.out,
@@ -443,6 +450,7 @@ const OVERLOAD_RETRY_AFTER_SECS: u32 = 1;
 
 /// `503 Service Unavailable` with `Retry-After`: too many open jobs.
 async fn reply_overloaded(conn: &mut ClientConn, keep_alive: bool) -> Next {
+    conn.counted.metrics().rejected(Reject::OverCap);
     conn.out.clear();
     crate::error::write_error_response_with(
         &mut conn.out,
@@ -474,7 +482,7 @@ pub async fn reply_error(
     }
 }
 
-/// Writes a sluice-generated JSON error answer.
+/// Writes a sluice-generated JSON error answer (counted as a rejection when `code` is one).
 pub async fn answer_error(
     conn: &mut ClientConn,
     status: u16,
@@ -482,6 +490,9 @@ pub async fn answer_error(
     message: &str,
     keep_alive: bool,
 ) -> std::io::Result<()> {
+    if let Some(reason) = Reject::from_code(code) {
+        conn.counted.metrics().rejected(reason);
+    }
     conn.out.clear();
     write_error_response(&mut conn.out, status, code, message, keep_alive);
     conn.send_out().await

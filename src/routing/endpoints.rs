@@ -52,6 +52,8 @@ pub struct Endpoint {
     pub dedup: DedupMode,
     /// How long a client waits for the answer before it gets a 202.
     pub deadline: Duration,
+    /// The endpoint's metric label slot (see `crate::metrics`).
+    pub metric: u16,
 }
 
 impl Endpoint {
@@ -75,6 +77,8 @@ pub struct Routes {
     /// Indexed like the allowlist.
     pub endpoints: Vec<Endpoint>,
     pub limiters: Registry,
+    /// Each limiter's metric label slot, indexed like `limiters`.
+    pub limiter_slots: Vec<u16>,
     /// The global retry policy, for jobs resumed from the store whose stored path no longer
     /// matches an endpoint.
     pub retry: RetryPolicy,
@@ -177,6 +181,19 @@ impl Routes {
             map.push(index);
         }
         let limiters = Registry::from_shared(limiters, queues, map)?;
+        // Metric labels: limiters by name (a flag-style per-endpoint limiter, stored as
+        // `endpoint-<i>`, by its endpoint's path), endpoints by their path as configured.
+        let limiter_slots = (0..limiters.len())
+            .map(|li| {
+                let name = limiters.name(li);
+                let path = name
+                    .strip_prefix("endpoint-")
+                    .and_then(|i| i.parse::<usize>().ok())
+                    .and_then(|i| config.endpoints.get(i))
+                    .map(|e| e.path.as_str());
+                crate::metrics::limiter_slot(path.unwrap_or(name))
+            })
+            .collect();
         let endpoints = config
             .endpoints
             .iter()
@@ -192,6 +209,7 @@ impl Routes {
                 retry: e.retry.clone(),
                 dedup: e.dedup,
                 deadline: e.deadline,
+                metric: crate::metrics::endpoint_slot(&e.path),
             })
             .collect();
         Ok(Routes {
@@ -203,6 +221,7 @@ impl Routes {
             allowlist: config.allowlist.clone(),
             endpoints,
             limiters,
+            limiter_slots,
             retry: ex.retry.clone(),
             config,
         })

@@ -260,6 +260,7 @@ fn run_worker(
         FusionRuntime::Uring(_) => Driver::IoUring,
         FusionRuntime::Legacy(_) => Driver::Epoll,
     };
+    shared.metrics.set_driver(driver.as_str());
     runtime.block_on(async move {
         let opts = ListenerOpts::new()
             .reuse_port(true)
@@ -497,6 +498,7 @@ pub fn shared_state(
             .collect(),
         epoch,
         epoch_wall,
+        metrics: crate::metrics::Metrics::new(config.workers),
     })
 }
 
@@ -762,7 +764,11 @@ async fn sweep_pool(worker: Rc<Worker>) {
     let every = every.max(std::time::Duration::from_millis(10));
     loop {
         monoio::time::sleep(every).await;
-        worker.pool.borrow_mut().sweep(std::time::Instant::now());
+        {
+            let mut pool = worker.pool.borrow_mut();
+            pool.sweep(std::time::Instant::now());
+            worker.metrics.upstream_idle(pool.idle_count());
+        }
         // A core without traffic still takes up a reload (its webhook sender's settings, its
         // pool limits) within one sweep.
         drop(worker.routes());

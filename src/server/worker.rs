@@ -123,10 +123,14 @@ pub struct Shared {
     pub epoch: Instant,
     /// Wall-clock time at `epoch`, to show times in job status documents.
     pub epoch_wall: SystemTime,
+    /// Every worker's counters (each worker writes its own shard).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 pub struct Worker {
     pub id: usize,
+    /// This core's metric counters.
+    pub metrics: Rc<crate::metrics::Shard>,
     pub upstream: Arc<Upstream>,
     routes_slot: Arc<RoutesSlot>,
     /// This core's copy of the current route table (an `Rc`, so a job takes it without
@@ -179,13 +183,16 @@ impl Worker {
             .wrapping_add(id as u128 * 0x9E37_79B9_7F4A_7C15) as u64
             | 1;
         let timers = Timers::new(shared.epoch, TIMER_TICK);
+        let metrics = Rc::new(shared.metrics.shard(id));
         let webhooks = Sender::new(
             routes.webhook.clone(),
             timers.clone(),
             shared.webhook_report.clone(),
+            metrics.clone(),
         );
         Worker {
             id,
+            metrics,
             upstream: shared.upstream.clone(),
             routes_generation: Cell::new(shared.routes.generation()),
             routes: RefCell::new(Rc::new(crate::routing::CoreRoutes(routes.clone()))),

@@ -87,7 +87,10 @@ impl Upstream {
 
     /// Opens a new connection: TCP to the first address that accepts, then the TLS handshake
     /// for https origins. The caller bounds the whole thing with the connect timeout.
-    pub async fn connect(&self) -> Result<UpstreamConn, ProxyError> {
+    pub async fn connect(
+        &self,
+        metrics: &std::rc::Rc<crate::metrics::Shard>,
+    ) -> Result<UpstreamConn, ProxyError> {
         let mut last_err = None;
         let mut tcp = None;
         for addr in &self.addrs {
@@ -121,6 +124,7 @@ impl Upstream {
             buf: BytesMut::with_capacity(UPSTREAM_READ_BUF_BYTES),
             reused: false,
             idle_since: Instant::now(),
+            counted: crate::metrics::Open::upstream(metrics),
         })
     }
 }
@@ -188,4 +192,6 @@ pub struct UpstreamConn {
     pub reused: bool,
     /// When the connection was last returned to the pool.
     pub idle_since: Instant,
+    /// Counted in `sluice_upstream_connections` while open.
+    pub counted: crate::metrics::Open,
 }

@@ -64,7 +64,9 @@ use rustls::ClientConfig;
 use slab::Slab;
 
 use super::allow::{CallbackAllow, HostCheck};
-use super::delivery::{settle, AttemptFailure, AttemptResult, Delivery, DeliveryReport};
+use super::delivery::{
+    settle, AttemptFailure, AttemptResult, Delivery, DeliveryOutcome, DeliveryReport,
+};
 use super::request::{classify, encode_head, parse_head, BodyDrain, MAX_RESPONSE_HEAD_BYTES};
 use super::schedule::{RetryPolicy, SplitMix64};
 use super::sign::WebhookSecret;
@@ -199,6 +201,8 @@ struct Inner {
     idle: RefCell<Option<Waker>>,
     /// Retry jitter.
     rng: RefCell<SplitMix64>,
+    /// This core's counters (`sluice_callback_deliveries_total`).
+    metrics: Rc<crate::metrics::Shard>,
 }
 
 /// One core's webhook sender. Cheap to clone (an `Rc`); `!Send`: every clone belongs to the
@@ -213,10 +217,16 @@ impl Sender {
     /// gateway checks it once at start-up, before any worker starts). `timers` is this core's
     /// timer service, whose driver must run; the runtime must have a blocking pool attached
     /// (`attach_thread_pool`) for host-name lookups.
-    pub fn new(config: Arc<SenderConfig>, timers: Rc<Timers>, report: ReportHook) -> Sender {
+    pub fn new(
+        config: Arc<SenderConfig>,
+        timers: Rc<Timers>,
+        report: ReportHook,
+        metrics: Rc<crate::metrics::Shard>,
+    ) -> Sender {
         let tls = TlsConnector::from(Arc::clone(&config.tls));
         Sender {
             inner: Rc::new(Inner {
+                metrics,
                 config: RefCell::new(config),
                 timers,
                 report,
@@ -438,6 +448,7 @@ async fn deliver(inner: Rc<Inner>, key: usize) {
             let mut rng = inner.rng.borrow_mut();
             settle(record, result, &retry, SystemTime::now(), &mut *rng)
         };
+        count_and_log(&inner.metrics, &report);
         let done = report.outcome.is_final();
         // A finished record leaves the books before its report, so `pending()` is already 0
         // when the owner hears "delivered".
@@ -485,6 +496,45 @@ async fn within<F: Future>(timer: &mut Sleep, op: F) -> Option<F::Output> {
 }
 
 /// One attempt, start to close.
+/// Counts an attempt's outcome and writes the job lifecycle line for it (the callback's host
+/// only: its path and query may carry a receiver's secret).
+fn count_and_log(metrics: &crate::metrics::CoreMetrics, report: &DeliveryReport) {
+    use crate::metrics::Callback;
+    let (job, host, n) = (&report.job_id, report.url.authority(), report.attempt);
+    match &report.outcome {
+        DeliveryOutcome::Delivered { status } => {
+            metrics.callback(Callback::Delivered);
+            crate::log::info(format_args!(
+                "job {job}: callback delivered to {host} (status {status}, attempt {n})"
+            ));
+        }
+        DeliveryOutcome::Retrying { failure, next_in } => {
+            metrics.callback(Callback::Retrying);
+            crate::log::info(format_args!(
+                "job {job}: callback attempt {n} to {host} failed ({failure}); next in {} ms",
+                next_in.as_millis()
+            ));
+        }
+        DeliveryOutcome::GaveUp { reason, last } => {
+            let gone = matches!(last, AttemptFailure::Status { status: 410, .. });
+            metrics.callback(if gone {
+                Callback::Gone
+            } else {
+                Callback::Failed
+            });
+            crate::log::warn(format_args!(
+                "job {job}: callback to {host} failed after {n} attempts: {reason}"
+            ));
+        }
+        DeliveryOutcome::Rejected { reason } => {
+            metrics.callback(Callback::Rejected);
+            crate::log::warn(format_args!(
+                "job {job}: callback to {host} rejected, nothing sent: {reason}"
+            ));
+        }
+    }
+}
+
 async fn attempt(inner: &Inner, d: &Delivery) -> AttemptResult {
     let config = inner.config.borrow().clone();
     let signing = config
