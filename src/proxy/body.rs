@@ -393,7 +393,13 @@ pub async fn pump<R: AsyncReadRent, W: BodySink>(
             }
             _ => None,
         }
-        .filter(|_| out.len() + held.len() < LARGE_READ_CHUNK_BYTES);
+        .filter(|&rest| {
+            out.len() + held.len() < LARGE_READ_CHUNK_BYTES
+                // Held views pin `pending`'s buffer: the rest must fit in its free tail, or
+                // the read would need a new buffer and the held bytes a copy. Then the held
+                // bytes go out first and the rest follows in a second write.
+                && (held.is_empty() || pending.capacity() - pending.len() >= rest)
+        });
         if small_rest.is_none() {
             send(dst, out, &mut held).await.map_err(PumpError::Write)?;
         }
