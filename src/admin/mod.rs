@@ -10,8 +10,9 @@
 //! One connection at a time, one request per connection: every answer says
 //! `Connection: close`. Scrapers and probes open a connection per request anyway, and serving
 //! them in turn needs no pool and no per-connection state. A client that connects and stalls
-//! holds the thread for at most [`READ_TIMEOUT`] (then it gets 408); the port is meant for a
-//! trusted network (a scraper and the orchestrator's probes), never for the public.
+//! holds the thread for at most [`READ_TIMEOUT`] (then it gets 408, or is closed if it sent
+//! nothing); the port is meant for a trusted network (a scraper and the orchestrator's
+//! probes), never for the public.
 //!
 //! Heads are parsed by the proxy's own strict parser (`crate::http::request`), limited to
 //! [`MAX_HEAD_BYTES`] and [`MAX_HEADERS`]; the answers are built sans-IO in [`answer`]. A panic
