@@ -15,7 +15,7 @@
 //! `upstream` (still at start-up, never on an I/O thread).
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -74,6 +74,12 @@ pub struct Cli {
     /// Address to listen on.
     #[arg(long = "listen", default_value = "0.0.0.0")]
     pub listen: String,
+
+    /// Serve /metrics (Prometheus), /health and /ready on this address and port (e.g.
+    /// 127.0.0.1:9901; port 0 picks a free one), separately from the proxy port. Off unless
+    /// given. Keep it off public networks.
+    #[arg(long = "admin-listen", value_name = "ADDR:PORT")]
+    pub admin_listen: Option<String>,
 
     /// Worker threads, one monoio runtime each, pinned round-robin to the CPUs this process may
     /// run on. Default: the number of those CPUs.
@@ -507,6 +513,8 @@ pub struct Config {
     pub allowlist: Allowlist,
     pub listen: IpAddr,
     pub port: u16,
+    /// The admin listener's address (`--admin-listen`); `None`: no admin listener.
+    pub admin_listen: Option<SocketAddr>,
     pub origin: Origin,
     pub workers: usize,
     pub ca_file: Option<PathBuf>,
@@ -679,6 +687,15 @@ impl TryFrom<Cli> for Config {
                 ),
             )
         })?;
+        let admin_listen = match &cli.admin_listen {
+            Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+                ConfigError::new(
+                    "--admin-listen",
+                    format!("must be an IP address and port such as 127.0.0.1:9901 or [::1]:9901 (got {text:?})"),
+                )
+            })?),
+            None => None,
+        };
         let workers = match cli.workers {
             Some(0) => return Err(ConfigError::new("--workers", "must be at least 1")),
             Some(n) if n > 1024 => {
@@ -759,6 +776,7 @@ impl TryFrom<Cli> for Config {
             allowlist,
             listen,
             port: cli.port,
+            admin_listen,
             origin,
             workers,
             ca_file: cli.ca_file,
@@ -1155,6 +1173,7 @@ fn merge_file(
         rate_limit_margin_ms,
         webhook_secret,
         callback_allow,
+        admin_listen,
     );
     merge!(
         port,
@@ -1492,6 +1511,32 @@ mod tests {
         assert!(msg.starts_with("--rate-limit:"), "{msg}");
         let msg = invalid(with_file("bad7", "port = 1\n", &[]));
         assert!(msg.contains("--token") && msg.contains("--origin"), "{msg}");
+    }
+
+    #[test]
+    fn admin_listen_from_flag_or_file() {
+        assert_eq!(Config::from_args(args(&[])).unwrap().admin_listen, None);
+        let c = Config::from_args(args(&["--admin-listen", "[::1]:9901"])).unwrap();
+        assert_eq!(c.admin_listen, Some("[::1]:9901".parse().unwrap()));
+        let base = "token = \"t\"\norigin = \"http://127.0.0.1:9000\"\npaths = \"/a\"\n";
+        let text = format!("{base}admin_listen = \"127.0.0.1:9901\"\n");
+        let c = with_file("admin1", &text, &[]).unwrap();
+        assert_eq!(c.admin_listen, Some("127.0.0.1:9901".parse().unwrap()));
+        let c = with_file("admin2", &text, &["--admin-listen", "127.0.0.1:0"]).unwrap();
+        assert_eq!(c.admin_listen, Some("127.0.0.1:0".parse().unwrap()));
+        let msg = invalid(Config::from_args(args(&[
+            "--admin-listen",
+            "localhost:9901",
+        ])));
+        assert!(msg.starts_with("--admin-listen: "), "{msg}");
+        let msg = invalid(Config::from_args(args(&["--admin-listen", "127.0.0.1"])));
+        assert!(msg.starts_with("--admin-listen: "), "{msg}");
+        let msg = invalid(with_file(
+            "admin3",
+            &format!("{base}admin_listen = \"9901\"\n"),
+            &[],
+        ));
+        assert!(msg.contains("sluice.toml: admin_listen: "), "{msg}");
     }
 
     #[test]

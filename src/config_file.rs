@@ -27,6 +27,7 @@ pub struct FileConfig {
     pub origin: Option<String>,
     pub ingress_request_timeout_ms: Option<u64>,
     pub listen: Option<String>,
+    pub admin_listen: Option<String>,
     pub workers: Option<usize>,
     pub ca_file: Option<PathBuf>,
     pub upstream_connect_timeout_ms: Option<u64>,

@@ -27,9 +27,11 @@
 //!   responses.
 //! - [`log`]: leveled stderr logging.
 //!
-//! Off the request path: [`fuzz_checks`], the invariant oracles that the fuzz targets in `fuzz/`
-//! and `tests/fuzz_regression.rs` share.
+//! Off the request path: [`admin`], the `--admin-listen` port (`/metrics`, `/health`,
+//! `/ready`) served by its own std thread; [`fuzz_checks`], the invariant oracles that the fuzz
+//! targets in `fuzz/` and `tests/fuzz_regression.rs` share.
 
+pub mod admin;
 pub mod config;
 pub mod config_file;
 pub mod error;

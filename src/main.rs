@@ -1,11 +1,12 @@
-//! The `sluice` binary: parse the command line, prepare the origin, start the workers, print
-//! one start-up line saying where it listens and which I/O driver runs, then wait for a signal:
-//! SIGTERM/SIGINT shut down gracefully (exit 0; a second one exits at once with 1), SIGHUP
-//! asks for a reload.
+//! The `sluice` binary: parse the command line, prepare the origin, start the workers and the
+//! admin listener (`--admin-listen`), print one start-up line saying where it listens and which
+//! I/O driver runs, then wait for a signal: SIGTERM/SIGINT shut down gracefully (exit 0; a
+//! second one exits at once with 1), SIGHUP asks for a reload.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use sluice::admin::{Admin, AdminHandlers, Readiness};
 use sluice::config::{CliExit, Config};
 use sluice::server::signals::Signal;
 use sluice::server::Server;
@@ -40,6 +41,7 @@ fn main() -> ExitCode {
         }
     };
     let config = Arc::new(config);
+    let readiness = Arc::new(Readiness::default());
     let server = match Server::start(config.clone(), upstream) {
         Ok(s) => s,
         Err(line) => {
@@ -47,8 +49,26 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Listeners bound, store open.
+    readiness.serving();
+    let admin = match config.admin_listen {
+        Some(addr) => match Admin::start(addr, admin_handlers(&readiness)) {
+            Ok(admin) => Some(admin),
+            Err(line) => {
+                eprintln!("sluice: error: {line}");
+                // The workers run and the store is open: close it cleanly before exiting.
+                let _ = server.shutdown();
+                return ExitCode::from(1);
+            }
+        },
+        None => None,
+    };
+    let admin_field = admin
+        .as_ref()
+        .map(|a| format!(" admin={}", a.local_addr()))
+        .unwrap_or_default();
     eprintln!(
-        "sluice {} listening on {} workers={} driver={} origin={} paths={}",
+        "sluice {} listening on {} workers={} driver={} origin={} paths={}{admin_field}",
         env!("CARGO_PKG_VERSION"),
         server.local_addr,
         server.workers,
@@ -58,8 +78,11 @@ fn main() -> ExitCode {
     );
     let (tx, signals) = std::sync::mpsc::channel();
     let mut terminations = 0u32;
+    let draining = readiness.clone();
     let spawned = sluice::server::signals::spawn(move |sig| {
         if sig == Signal::Terminate {
+            // `/ready` says so from the first signal on, while the workers drain.
+            draining.shutting_down();
             terminations += 1;
             if terminations > 1 {
                 eprintln!("sluice: second signal, exiting now");
@@ -89,7 +112,12 @@ fn main() -> ExitCode {
         "shutting down: draining connections (at most {:?})",
         server.shared.routes.current().config.shutdown_grace
     ));
-    match server.shutdown() {
+    let shut_down = server.shutdown();
+    // Only now: `/ready` answered 503 during the drain. Bounded (see `Admin::stop`).
+    if let Some(admin) = admin {
+        admin.stop();
+    }
+    match shut_down {
         Ok(()) => {
             sluice::log::info(format_args!("shut down cleanly"));
             ExitCode::SUCCESS
@@ -101,12 +129,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// What the admin endpoints serve: readiness from `readiness`, and the metrics.
+fn admin_handlers(readiness: &Arc<Readiness>) -> AdminHandlers {
+    use sluice::metrics::text;
+    let readiness = readiness.clone();
+    AdminHandlers {
+        metrics: Arc::new(|out: &mut String| {
+            text::family(
+                out,
+                "sluice_up",
+                text::Kind::Gauge,
+                "1: this sluice process is running and answering scrapes.",
+            );
+            text::sample(out, "sluice_up", &[], 1);
+        }),
+        ready: Arc::new(move || readiness.check().map_err(str::to_string)),
+    }
+}
+
 /// SIGHUP: re-reads the config file under the original command line (flags still override
 /// it) and hands the new route table (allowlist, endpoint settings, rate limits, retry, dedup,
 /// deadlines, timeouts, size limits, token, webhook settings, every other reloadable key) to
 /// the workers for their next request; open jobs keep theirs. Settings fixed at start-up
-/// (listen, port, workers, origin, ca_file, data_dir) are reported when they changed and keep
-/// their running values. Errors are one line.
+/// (listen, port, workers, origin, ca_file, data_dir, admin_listen) are reported when they
+/// changed and keep their running values. Errors are one line.
 fn reload(
     args: &[std::ffi::OsString],
     running: &Config,
@@ -135,6 +181,9 @@ fn reload(
     if new.data_dir != running.data_dir {
         restart.push("data_dir");
     }
+    if new.admin_listen != running.admin_listen {
+        restart.push("admin_listen");
+    }
     if !restart.is_empty() {
         sluice::log::warn(format_args!(
             "config reload: {} changed; ignored until restart",
@@ -149,6 +198,7 @@ fn reload(
     new.origin = running.origin.clone();
     new.ca_file = running.ca_file.clone();
     new.data_dir = running.data_dir.clone();
+    new.admin_listen = running.admin_listen;
     let slot = &server.shared.routes;
     let current = slot.current();
     let routes = sluice::routing::Routes::build(Arc::new(new), Some(&current))?;

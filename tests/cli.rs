@@ -97,6 +97,7 @@ fn help_lists_every_flag() {
         "--max-head-bytes",
         "--max-headers",
         "--max-request-body-bytes",
+        "--admin-listen",
     ];
     for flag in flags {
         assert!(
@@ -147,6 +148,32 @@ fn invalid_arguments_fail_with_one_line_naming_the_flag() {
                 "/nonexistent/ca.pem",
             ]),
             "--ca-file",
+        ),
+        (
+            base(&[
+                "-t",
+                "tok",
+                "--paths",
+                "/a",
+                "-o",
+                origin,
+                "--admin-listen",
+                "nope",
+            ]),
+            "--admin-listen",
+        ),
+        (
+            base(&[
+                "-t",
+                "tok",
+                "--paths",
+                "/a",
+                "-o",
+                origin,
+                "--admin-listen",
+                "127.0.0.1",
+            ]),
+            "--admin-listen",
         ),
         (
             vec![
@@ -212,6 +239,46 @@ fn port_in_use_is_refused() {
         "no line names {address} and \"in use\":\n{}",
         out.stderr
     );
+    drop(taken);
+}
+
+#[test]
+fn admin_port_in_use_is_refused() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let out = run(&[
+        "--listen",
+        "127.0.0.1",
+        "-p",
+        "0",
+        "--workers",
+        "1",
+        "--no-persist",
+        "--admin-listen",
+        &address,
+        "-t",
+        "tok",
+        "--paths",
+        "/a",
+        "-o",
+        "http://127.0.0.1:9",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{}", out.stderr);
+    let lines = error_lines(&out.stderr);
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected a one-line error, got:\n{}",
+        out.stderr
+    );
+    assert!(
+        lines[0].starts_with(&format!(
+            "sluice: error: --admin-listen: cannot listen on {address}: "
+        )),
+        "{}",
+        lines[0]
+    );
+    assert!(!out.stderr.contains(" listening on "), "{}", out.stderr);
     drop(taken);
 }
 

@@ -6,10 +6,12 @@
 //! - `client`: raw HTTP/1.1 client returning parsed responses with their raw bytes.
 //! - `wire`: strict blocking message reader shared by the two sides.
 //! - `tls`: a test CA made at run time.
+//! - `prom`: a strict Prometheus text-format checker for `/metrics` scrapes.
 #![allow(dead_code, unused_imports)]
 
 pub mod client;
 pub mod origin;
+pub mod prom;
 pub mod signing;
 pub mod sluice;
 pub mod tls;

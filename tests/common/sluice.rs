@@ -1,9 +1,10 @@
 //! Starting the real `sluice` binary and reading its start-up line.
 //!
 //! `Sluice::start` adds `--listen 127.0.0.1 -p 0 --workers 2` unless the test gave them, waits
-//! (bounded) for the start-up line on stderr, parses the bound address and driver out of it and
-//! keeps draining stderr on a thread so the child never blocks on a full pipe. The child is
-//! killed on drop, and its stderr is printed when the test is failing.
+//! (bounded) for the start-up line on stderr, parses the bound address and driver (and the
+//! admin address, with `--admin-listen`) out of it and keeps draining stderr on a thread so the
+//! child never blocks on a full pipe. The child is killed on drop, and its stderr is printed
+//! when the test is failing.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -66,6 +67,8 @@ pub struct StartupLine {
     pub workers: usize,
     pub driver: String,
     pub origin: String,
+    /// The `admin=ADDR` field, printed when `--admin-listen` is on.
+    pub admin: Option<SocketAddr>,
 }
 
 impl StartupLine {
@@ -80,12 +83,17 @@ impl StartupLine {
         if !extra.iter().all(|f| f.contains('=')) {
             return None;
         }
+        let admin = match extra.iter().find_map(|f| f.strip_prefix("admin=")) {
+            Some(a) => Some(a.parse().ok()?),
+            None => None,
+        };
         Some(StartupLine {
             line: line.to_string(),
             addr: addr.parse().ok()?,
             workers: workers.strip_prefix("workers=")?.parse().ok()?,
             driver: driver.strip_prefix("driver=")?.to_string(),
             origin: origin.strip_prefix("origin=")?.to_string(),
+            admin,
         })
     }
 }
@@ -230,6 +238,11 @@ impl Sluice {
             "unknown driver in start-up line: {}",
             s.line
         );
+        assert!(
+            s.admin.is_some() || !has_flag(&all, &["--admin-listen"]),
+            "start-up line must show admin=ADDR with --admin-listen: {}",
+            s.line
+        );
         if legacy {
             assert_eq!(
                 s.driver, "epoll",
@@ -264,6 +277,37 @@ impl Sluice {
     /// A new raw client connection to sluice.
     pub fn connect(&self) -> Client {
         Client::connect(self.addr())
+    }
+
+    /// The admin listener's address; panics unless sluice was started with `--admin-listen`.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.startup
+            .admin
+            .unwrap_or_else(|| panic!("no admin=ADDR in the start-up line: {}", self.startup.line))
+    }
+
+    /// A new raw client connection to the admin listener.
+    pub fn admin(&self) -> Client {
+        Client::connect(self.admin_addr())
+    }
+
+    /// `GET /metrics` on the admin listener: asserts a 200 with the exposition content type,
+    /// checks the body strictly (`prom::parse`) and against `prometheus-parse`
+    /// (`prom::cross_check`), and returns the scrape.
+    pub fn scrape(&self) -> super::prom::Scrape {
+        let resp = self.admin().get("/metrics");
+        assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.raw));
+        assert_eq!(
+            resp.header("content-type").as_deref(),
+            Some("text/plain; version=0.0.4; charset=utf-8")
+        );
+        let text = String::from_utf8(resp.body).expect("/metrics is UTF-8");
+        let scrape = super::prom::parse(&text)
+            .unwrap_or_else(|e| panic!("/metrics is not valid exposition text: {e}\n{text}"));
+        if let Err(e) = super::prom::cross_check(&text, &scrape) {
+            panic!("/metrics read differently by prometheus-parse: {e}\n{text}");
+        }
+        scrape
     }
 
     /// The exit status if the child has exited.
