@@ -52,7 +52,7 @@ fn main() -> ExitCode {
     // Listeners bound, store open.
     readiness.serving();
     let admin = match config.admin_listen {
-        Some(addr) => match Admin::start(addr, admin_handlers(&readiness)) {
+        Some(addr) => match Admin::start(addr, admin_handlers(&readiness, &server)) {
             Ok(admin) => Some(admin),
             Err(line) => {
                 eprintln!("sluice: error: {line}");
@@ -129,12 +129,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// What the admin endpoints serve: readiness from `readiness`, and the metrics.
-fn admin_handlers(readiness: &Arc<Readiness>) -> AdminHandlers {
-    use sluice::metrics::text;
+/// What the admin endpoints serve: readiness from `readiness`, and the server's metrics.
+fn admin_handlers(readiness: &Arc<Readiness>, server: &Server) -> AdminHandlers {
+    use sluice::metrics::{text, ProcessGauges};
     let readiness = readiness.clone();
+    let metrics = server.shared.metrics.clone();
+    let registry = server.shared.registry.clone();
     AdminHandlers {
-        metrics: Arc::new(|out: &mut String| {
+        metrics: Arc::new(move |out: &mut String| {
             text::family(
                 out,
                 "sluice_up",
@@ -142,6 +144,11 @@ fn admin_handlers(readiness: &Arc<Readiness>) -> AdminHandlers {
                 "1: this sluice process is running and answering scrapes.",
             );
             text::sample(out, "sluice_up", &[], 1);
+            let gauges = ProcessGauges {
+                jobs_tracked: registry.len() as u64,
+                log_lines_dropped: 0,
+            };
+            metrics.render(out, &gauges);
         }),
         ready: Arc::new(move || readiness.check().map_err(str::to_string)),
     }
