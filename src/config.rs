@@ -235,9 +235,20 @@ pub struct Cli {
     #[arg(long = "webhook-timeout-ms", default_value_t = 15_000)]
     pub webhook_timeout_ms: u64,
 
-    /// Least severe log level printed on stderr: error, warn, info or debug.
-    #[arg(long = "log-level", default_value = "info")]
-    pub log_level: String,
+    /// What is logged on stderr: a level (error, warn, info, debug, trace, off) or directives
+    /// `LEVEL,TARGET=LEVEL,...` over the targets general, server, proxy, jobs, webhook, store,
+    /// config and access. Default: RUST_LOG when set, else info.
+    #[arg(long = "log-level")]
+    pub log_level: Option<String>,
+
+    /// Access log on stderr, one line per answered request: off, text (nginx-like) or json.
+    #[arg(long = "access-log", default_value = "off")]
+    pub access_log: String,
+
+    /// The `RUST_LOG` environment variable: the log filter when neither `--log-level` nor the
+    /// file's `log_level` is given.
+    #[arg(skip)]
+    pub rust_log: Option<std::ffi::OsString>,
 
     /// Directory of the job store (created if missing, mode 0700): jobs that got a 202,
     /// undelivered callbacks and the rate-limit send history survive restarts and crashes.
@@ -472,27 +483,6 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// Log levels, most severe first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum LogLevel {
-    Error = 0,
-    Warn = 1,
-    Info = 2,
-    Debug = 3,
-}
-
-impl LogLevel {
-    pub fn parse(s: &str) -> Option<LogLevel> {
-        match s.to_ascii_lowercase().as_str() {
-            "error" => Some(LogLevel::Error),
-            "warn" | "warning" => Some(LogLevel::Warn),
-            "info" => Some(LogLevel::Info),
-            "debug" | "trace" => Some(LogLevel::Debug),
-            _ => None,
-        }
-    }
-}
-
 /// Timeouts, all validated non-zero.
 #[derive(Clone, Copy, Debug)]
 pub struct Timeouts {
@@ -523,7 +513,10 @@ pub struct Config {
     pub max_head_bytes: usize,
     pub max_headers: usize,
     pub max_request_body_bytes: u64,
-    pub log_level: LogLevel,
+    /// What is logged (`--log-level`, else `RUST_LOG`); reloadable.
+    pub log_filter: crate::log::Filter,
+    /// `--access-log`; reloadable.
+    pub access_log: crate::log::AccessLog,
     pub executor: ExecutorConfig,
     /// The job store's directory; `None` with `--no-persist`.
     pub data_dir: Option<PathBuf>,
@@ -623,6 +616,29 @@ impl DedupMode {
         }
     }
 }
+
+/// The log filter: `--log-level` (or the file's `log_level`) when given, else `RUST_LOG` when
+/// set and not empty, else `info`. An error names where the directives came from.
+fn log_filter(
+    flag: Option<&str>,
+    rust_log: Option<&std::ffi::OsStr>,
+) -> Result<crate::log::Filter, ConfigError> {
+    if let Some(spec) = flag {
+        return crate::log::Filter::parse(spec).map_err(|e| ConfigError::new("--log-level", e));
+    }
+    match rust_log.filter(|v| !v.is_empty()) {
+        None => Ok(crate::log::Filter::default()),
+        Some(v) => {
+            let spec = v
+                .to_str()
+                .ok_or_else(|| ConfigError::new(RUST_LOG, "is not valid UTF-8"))?;
+            crate::log::Filter::parse(spec).map_err(|e| ConfigError::new(RUST_LOG, e))
+        }
+    }
+}
+
+/// The environment variable read when no `--log-level` is given.
+pub const RUST_LOG: &str = "RUST_LOG";
 
 fn millis(flag: &'static str, ms: u64) -> Result<Duration, ConfigError> {
     if ms == 0 {
@@ -724,15 +740,9 @@ impl TryFrom<Cli> for Config {
                 format!("must be between 1 and {}", crate::http::MAX_HEADERS_CAP),
             ));
         }
-        let log_level = LogLevel::parse(&cli.log_level).ok_or_else(|| {
-            ConfigError::new(
-                "--log-level",
-                format!(
-                    "must be error, warn, info or debug (got {:?})",
-                    cli.log_level
-                ),
-            )
-        })?;
+        let log_filter = log_filter(cli.log_level.as_deref(), cli.rust_log.as_deref())?;
+        let access_log = crate::log::AccessLog::parse(&cli.access_log)
+            .map_err(|e| ConfigError::new("--access-log", e))?;
         let timeouts = Timeouts {
             ingress_request: millis(
                 "--ingress-request-timeout-ms",
@@ -785,7 +795,8 @@ impl TryFrom<Cli> for Config {
             max_head_bytes: cli.max_head_bytes,
             max_headers: cli.max_headers,
             max_request_body_bytes: cli.max_request_body_bytes,
-            log_level,
+            log_filter,
+            access_log,
             executor,
             data_dir: (!cli.no_persist).then_some(cli.data_dir),
             idempotency_key,
@@ -1091,6 +1102,15 @@ impl Config {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
+        Config::from_args_env(args, std::env::var_os(RUST_LOG))
+    }
+
+    /// [`Config::from_args`] with the value of `RUST_LOG` given (tests pass their own).
+    fn from_args_env<I, T>(args: I, rust_log: Option<std::ffi::OsString>) -> Result<Config, CliExit>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
         use clap::{CommandFactory, FromArgMatches};
         let matches = match Cli::command().try_get_matches_from(args) {
             Ok(m) => m,
@@ -1100,6 +1120,7 @@ impl Config {
             Ok(cli) => cli,
             Err(e) => return Err(CliExit::from_clap(e)),
         };
+        cli.rust_log = rust_log;
         let mut from_file = Vec::new();
         if let Some(path) = cli.config.clone() {
             let file = crate::config_file::load(&path).map_err(CliExit::Invalid)?;
@@ -1116,7 +1137,7 @@ impl Config {
             let from_the_file = if e.flag.starts_with("--") {
                 from_file.contains(&key)
             } else {
-                e.flag != "missing"
+                e.flag != "missing" && e.flag != RUST_LOG
             };
             match &file_name {
                 _ if e.flag == "missing" => CliExit::Invalid(e.message),
@@ -1174,6 +1195,7 @@ fn merge_file(
         webhook_secret,
         callback_allow,
         admin_listen,
+        log_level,
     );
     merge!(
         port,
@@ -1206,7 +1228,7 @@ fn merge_file(
         webhook_retry_max_ms,
         webhook_give_up_after,
         webhook_timeout_ms,
-        log_level,
+        access_log,
         data_dir,
         no_persist,
         idempotency_key,
@@ -1537,6 +1559,81 @@ mod tests {
             &[],
         ));
         assert!(msg.contains("sluice.toml: admin_listen: "), "{msg}");
+    }
+
+    #[test]
+    fn log_level_comes_from_the_flag_the_file_then_rust_log() {
+        use crate::log::{AccessLog, Filter, Level, Target};
+        let env = |v: &str| Some(std::ffi::OsString::from(v));
+        let with = |extra: &[&str], rust_log| Config::from_args_env(args(extra), rust_log);
+        // Default: info, no access log.
+        let c = with(&[], None).unwrap();
+        assert_eq!(c.log_filter, Filter::default());
+        assert_eq!(c.access_log, AccessLog::Off);
+        // RUST_LOG when there is no flag; the flag wins over it.
+        let c = with(&[], env("warn,proxy=debug")).unwrap();
+        assert_eq!(c.log_filter.level(Target::Server), Level::Warn);
+        assert_eq!(c.log_filter.level(Target::Proxy), Level::Debug);
+        let c = with(&["--log-level", "error"], env("debug")).unwrap();
+        assert_eq!(c.log_filter, Filter::parse("error").unwrap());
+        // An empty RUST_LOG is unset.
+        assert_eq!(with(&[], env("")).unwrap().log_filter, Filter::default());
+        // The file's log_level wins over RUST_LOG too.
+        let path = config_file("loglevel", "log_level = \"error\"\naccess_log = \"json\"\n");
+        let mut v = args(&[]);
+        v.extend(["--config".to_string(), path.display().to_string()]);
+        let c = Config::from_args_env(v.clone(), env("debug")).unwrap();
+        assert_eq!(c.log_filter, Filter::parse("error").unwrap());
+        assert_eq!(c.access_log, AccessLog::Json);
+        v.extend(["--access-log".to_string(), "text".to_string()]);
+        assert_eq!(
+            Config::from_args_env(v, None).unwrap().access_log,
+            AccessLog::Text
+        );
+    }
+
+    #[test]
+    fn invalid_log_settings_name_their_source() {
+        let bad = |extra: &[&str], rust_log: Option<&str>| {
+            invalid(Config::from_args_env(
+                args(extra),
+                rust_log.map(std::ffi::OsString::from),
+            ))
+        };
+        let msg = bad(&["--log-level", "info,nope=debug"], None);
+        assert!(
+            msg.starts_with("--log-level: unknown target \"nope\""),
+            "{msg}"
+        );
+        let msg = bad(&[], Some("info,proxy=loud"));
+        assert!(msg.starts_with("RUST_LOG: unknown level \"loud\""), "{msg}");
+        let msg = bad(&["--access-log", "xml"], None);
+        assert!(
+            msg.starts_with("--access-log: must be off, text or json"),
+            "{msg}"
+        );
+        // With a config file, RUST_LOG is still named as RUST_LOG, a file value by its key.
+        let path = config_file("badlog", "paths = \"/a\"\n");
+        let v = vec![
+            "sluice".to_string(),
+            "-t".to_string(),
+            "tok".to_string(),
+            "-o".to_string(),
+            "http://127.0.0.1:9".to_string(),
+            "--config".to_string(),
+            path.display().to_string(),
+        ];
+        let msg = invalid(Config::from_args_env(v, Some("loud".into())));
+        assert!(msg.starts_with("RUST_LOG: "), "{msg}");
+        let msg = invalid(with_file(
+            "badlog2",
+            "token = \"t\"\norigin = \"http://127.0.0.1:9\"\npaths = \"/a\"\nlog_level = \"x=1\"\n",
+            &[],
+        ));
+        assert!(
+            msg.contains("sluice.toml: log_level: unknown target"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -61,6 +61,7 @@ pub struct FileConfig {
     pub webhook_give_up_after: Option<String>,
     pub webhook_timeout_ms: Option<u64>,
     pub log_level: Option<String>,
+    pub access_log: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub no_persist: Option<bool>,
     pub idempotency_key: Option<String>,

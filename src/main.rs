@@ -1,13 +1,16 @@
-//! The `sluice` binary: parse the command line, prepare the origin, start the workers and the
-//! admin listener (`--admin-listen`), print one start-up line saying where it listens and which
-//! I/O driver runs, then wait for a signal: SIGTERM/SIGINT shut down gracefully (exit 0; a
-//! second one exits at once with 1), SIGHUP asks for a reload.
+//! The `sluice` binary: parse the command line, start the logger thread, prepare the origin,
+//! start the workers and the admin listener (`--admin-listen`), log one start-up line saying
+//! where it listens, which I/O driver runs and what each endpoint allows (`log::startup`), then
+//! wait for a signal: SIGTERM/SIGINT shut down gracefully (exit 0; a second one exits at once
+//! with 1), SIGHUP asks for a reload. Every exit after the logger started flushes it first, so
+//! no line is lost.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use sluice::admin::{Admin, AdminHandlers, Readiness};
 use sluice::config::{CliExit, Config};
+use sluice::log::{Level, Target};
 use sluice::server::signals::Signal;
 use sluice::server::Server;
 use sluice::upstream::Upstream;
@@ -32,22 +35,25 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    sluice::log::set_level(config.log_level);
-    let upstream = match Upstream::prepare(&config) {
-        Ok(u) => Arc::new(u),
+    sluice::log::set_filter(&config.log_filter);
+    sluice::log::set_access_log(config.access_log);
+    // Flushes the log when main returns (every exit from here on).
+    let _log = match sluice::log::start(Box::new(std::io::stderr())) {
+        Ok(guard) => guard,
         Err(line) => {
             eprintln!("sluice: error: {line}");
             return ExitCode::from(1);
         }
     };
+    let upstream = match Upstream::prepare(&config) {
+        Ok(u) => Arc::new(u),
+        Err(line) => return fail(&line),
+    };
     let config = Arc::new(config);
     let readiness = Arc::new(Readiness::default());
     let server = match Server::start(config.clone(), upstream) {
         Ok(s) => s,
-        Err(line) => {
-            eprintln!("sluice: error: {line}");
-            return ExitCode::from(1);
-        }
+        Err(line) => return fail(&line),
     };
     // Listeners bound, store open.
     readiness.serving();
@@ -55,10 +61,9 @@ fn main() -> ExitCode {
         Some(addr) => match Admin::start(addr, admin_handlers(&readiness, &server)) {
             Ok(admin) => Some(admin),
             Err(line) => {
-                eprintln!("sluice: error: {line}");
                 // The workers run and the store is open: close it cleanly before exiting.
                 let _ = server.shutdown();
-                return ExitCode::from(1);
+                return fail(&line);
             }
         },
         None => None,
@@ -67,14 +72,18 @@ fn main() -> ExitCode {
         .as_ref()
         .map(|a| format!(" admin={}", a.local_addr()))
         .unwrap_or_default();
-    eprintln!(
-        "sluice {} listening on {} workers={} driver={} origin={} paths={}{admin_field}",
-        env!("CARGO_PKG_VERSION"),
-        server.local_addr,
-        server.workers,
-        server.driver.as_str(),
-        config.origin,
-        config.allowlist,
+    sluice::log::event(
+        Target::Server,
+        Level::Info,
+        format_args!(
+            "{}{admin_field}",
+            sluice::log::startup::line(
+                server.local_addr,
+                server.workers,
+                server.driver.as_str(),
+                &server.shared.routes.current(),
+            )
+        ),
     );
     let (tx, signals) = std::sync::mpsc::channel();
     let mut terminations = 0u32;
@@ -85,33 +94,51 @@ fn main() -> ExitCode {
             draining.shutting_down();
             terminations += 1;
             if terminations > 1 {
-                eprintln!("sluice: second signal, exiting now");
+                sluice::log::event(
+                    Target::Server,
+                    Level::Warn,
+                    format_args!("second signal, exiting now"),
+                );
+                sluice::log::flush();
                 std::process::exit(1);
             }
         }
         let _ = tx.send(sig);
     });
     if let Err(e) = spawned {
-        eprintln!("sluice: error: cannot start the signal thread: {e}");
-        return ExitCode::from(1);
+        return fail(&format!("cannot start the signal thread: {e}"));
     }
     // Until SIGTERM/SIGINT (or the signal thread is gone).
     while let Ok(Signal::Reload) = signals.recv() {
         if config.config_file.is_none() {
-            sluice::log::warn(format_args!("SIGHUP: no --config file to reload"));
+            sluice::log::event(
+                Target::Config,
+                Level::Warn,
+                format_args!("SIGHUP: no --config file to reload"),
+            );
             continue;
         }
         match reload(&args, &config, &server) {
-            Ok(summary) => sluice::log::info(format_args!("config reloaded: {summary}")),
-            Err(line) => sluice::log::error(format_args!(
-                "config reload failed: {line}; the running configuration stays"
-            )),
+            Ok(summary) => sluice::log::event(
+                Target::Config,
+                Level::Info,
+                format_args!("config reloaded: {summary}"),
+            ),
+            Err(line) => sluice::log::event(
+                Target::Config,
+                Level::Error,
+                format_args!("config reload failed: {line}; the running configuration stays"),
+            ),
         }
     }
-    sluice::log::info(format_args!(
-        "shutting down: draining connections (at most {:?})",
-        server.shared.routes.current().config.shutdown_grace
-    ));
+    sluice::log::event(
+        Target::Server,
+        Level::Info,
+        format_args!(
+            "shutting down: draining connections (at most {:?})",
+            server.shared.routes.current().config.shutdown_grace
+        ),
+    );
     let shut_down = server.shutdown();
     // Only now: `/ready` answered 503 during the drain. Bounded (see `Admin::stop`).
     if let Some(admin) = admin {
@@ -119,13 +146,14 @@ fn main() -> ExitCode {
     }
     match shut_down {
         Ok(()) => {
-            sluice::log::info(format_args!("shut down cleanly"));
+            sluice::log::event(
+                Target::Server,
+                Level::Info,
+                format_args!("shut down cleanly"),
+            );
             ExitCode::SUCCESS
         }
-        Err(line) => {
-            eprintln!("sluice: error: {line}");
-            ExitCode::from(1)
-        }
+        Err(line) => fail(&line),
     }
 }
 
@@ -146,12 +174,20 @@ fn admin_handlers(readiness: &Arc<Readiness>, server: &Server) -> AdminHandlers 
             text::sample(out, "sluice_up", &[], 1);
             let gauges = ProcessGauges {
                 jobs_tracked: registry.len() as u64,
-                log_lines_dropped: 0,
+                log_lines_dropped: sluice::log::dropped_lines(),
             };
             metrics.render(out, &gauges);
         }),
         ready: Arc::new(move || readiness.check().map_err(str::to_string)),
     }
+}
+
+/// A fatal error after the logger started: everything logged before is written first, then
+/// the error line (`sluice: error: ...`, as before the logger), and the exit status is 1.
+fn fail(line: &str) -> ExitCode {
+    sluice::log::flush();
+    eprintln!("sluice: error: {line}");
+    ExitCode::from(1)
 }
 
 /// SIGHUP: re-reads the config file under the original command line (flags still override
@@ -192,10 +228,14 @@ fn reload(
         restart.push("admin_listen");
     }
     if !restart.is_empty() {
-        sluice::log::warn(format_args!(
-            "config reload: {} changed; ignored until restart",
-            restart.join(", ")
-        ));
+        sluice::log::event(
+            Target::Config,
+            Level::Warn,
+            format_args!(
+                "config reload: {} changed; ignored until restart",
+                restart.join(", ")
+            ),
+        );
     }
     // What cannot change keeps its running value, so the new table is consistent with the
     // process (limiters lease per worker: they are built for the running worker count).
@@ -218,11 +258,15 @@ fn reload(
         })
         .count();
     let summary = format!(
-        "paths={} rate limiters: {kept} kept, {} new",
+        "paths={} rate limiters: {kept} kept, {} new, log_level={} access_log={}",
         routes.allowlist,
-        routes.limiters.len() - kept
+        routes.limiters.len() - kept,
+        routes.config.log_filter,
+        routes.config.access_log,
     );
-    sluice::log::set_level(routes.config.log_level);
+    // The new filter applies from here: this reload's own line is logged under it.
+    sluice::log::set_filter(&routes.config.log_filter);
+    sluice::log::set_access_log(routes.config.access_log);
     slot.replace(Arc::new(routes));
     Ok(summary)
 }

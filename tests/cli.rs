@@ -283,19 +283,36 @@ fn admin_port_in_use_is_refused() {
 }
 
 #[test]
-fn startup_line_reports_address_workers_driver_origin_and_paths() {
+fn startup_line_reports_address_workers_driver_origin_and_endpoints() {
     let origin = MockOrigin::echo();
     for (workers, legacy) in [("1", true), ("2", false)] {
         let sluice = start_proxy(&origin.url(), &["--workers", workers], legacy);
+        // `start_proxy` opens the executor up: `--rate-limit 1000000/1s`.
+        let endpoints: String = STD_PATHS
+            .split(',')
+            .map(|p| {
+                format!(
+                    " endpoint={p} methods=any limit=1000000/1s(sliding-window) deadline=2000ms"
+                )
+            })
+            .collect();
         let expected = format!(
-            "sluice {} listening on {} workers={workers} driver={} origin={} paths={}",
+            "sluice {} listening on {} workers={workers} driver={} origin={} log_level=info \
+             access_log=off endpoints=3{endpoints}",
             env!("CARGO_PKG_VERSION"),
             sluice.addr(),
             sluice.driver(),
             origin.url(),
-            STD_PATHS
         );
         assert_eq!(sluice.startup().line, expected);
+        // A log line: time, level and target in front.
+        let raw = &sluice.startup().raw;
+        let (time, rest) = raw.split_once(' ').expect("time");
+        assert_eq!(rest, format!("info server: {expected}"), "{raw}");
+        assert!(
+            time.len() == 24 && time.ends_with('Z') && time.contains('T'),
+            "{raw}"
+        );
         eprintln!("default driver here: {}", sluice.driver());
     }
 }

@@ -53,7 +53,11 @@ fn a_scrape_counts_exactly_what_was_served() {
         );
         let before = sluice.scrape();
         assert_eq!(
-            v(&before, "sluice_io_driver", &[("driver", &sluice.startup().driver)]),
+            v(
+                &before,
+                "sluice_io_driver",
+                &[("driver", &sluice.startup().driver)]
+            ),
             1.0
         );
         assert_eq!(
@@ -99,13 +103,14 @@ fn a_scrape_counts_exactly_what_was_served() {
         assert_eq!(v(&s, att, &[("endpoint", "/a"), ("result", "2xx")]), 3.0);
         assert_eq!(s.sum(att, &[]), Some(3.0));
         assert_eq!(
-            v(&s, "sluice_upstream_duration_seconds_count", &[("endpoint", "/a")]),
+            v(
+                &s,
+                "sluice_upstream_duration_seconds_count",
+                &[("endpoint", "/a")]
+            ),
             3.0
         );
-        assert_eq!(
-            s.sum("sluice_ratelimit_wait_seconds_count", &[]),
-            Some(3.0)
-        );
+        assert_eq!(s.sum("sluice_ratelimit_wait_seconds_count", &[]), Some(3.0));
         assert_eq!(s.sum("sluice_ratelimit_queue_depth", &[]), Some(0.0));
         assert_eq!(s.sum("sluice_retries_total", &[]), Some(0.0));
 
@@ -221,7 +226,11 @@ fn a_deferred_job_counts_its_attempts_retries_and_callback() {
         "every attempt took a slot"
     );
     assert_eq!(
-        v(&s, "sluice_upstream_duration_seconds_count", &[("endpoint", "/b/*")]),
+        v(
+            &s,
+            "sluice_upstream_duration_seconds_count",
+            &[("endpoint", "/b/*")]
+        ),
         3.0
     );
     // The slow first attempt (300 ms) is above the 0.25 s bound, the other two below it.

@@ -63,6 +63,7 @@ pub async fn handle(
         )
         .await;
     };
+    conn.trace.job = Some(record.id);
     if want_result {
         let result = record.lock().result.clone();
         let Some(stored) = result else {
@@ -92,6 +93,8 @@ pub async fn handle(
     }
     conn.out.extend_from_slice(b"\r\n\r\n");
     conn.out.extend_from_slice(json.as_bytes());
+    let sent = if conn.head_request { 0 } else { json.len() };
+    conn.trace.answered(200, sent as u64);
     // `send_out` leaves the body out for HEAD.
     match conn.send_out().await {
         Ok(()) if keep_alive => Next::KeepAlive,

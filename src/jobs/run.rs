@@ -29,6 +29,7 @@ use crate::jobs::backoff::parse_retry_after;
 use crate::jobs::crosscore::{RemoteAnswer, RemoteWait};
 use crate::jobs::persist;
 use crate::jobs::registry::{CallbackState, JobId, JobRecord, JobState, JobStatus, StoredResponse};
+use crate::log::{Level, Target};
 use crate::proxy::forward::{
     collect_response, send_attempt, stored_error, stream_response, write_stored, Answer,
 };
@@ -441,6 +442,7 @@ pub async fn serve_job(
     worker: &Rc<Worker>,
     slot: &mut Option<ClientConn>,
     head: &RequestHead,
+    head_bytes: &bytes::Bytes,
     mut request: JobRequest,
     key: Option<DedupKey>,
 ) -> Next {
@@ -469,10 +471,17 @@ pub async fn serve_job(
     let callback = request.callback.take();
     // In a function of its own, so the driver's state is gone (its memory reused) while the
     // answer streams: the connection's task stays small.
-    let Some(outcome) = until_driven(worker, slot, head, cell, key, callback, deadline).await
+    let Some(outcome) = until_driven(
+        worker, slot, head, head_bytes, cell, key, callback, deadline,
+    )
+    .await
     else {
         return Next::Close;
     };
+    if let Some(conn) = slot.as_mut() {
+        conn.trace
+            .job(cell.id.get(), cell.attempts.get(), cell.last_status.get());
+    }
     worker.give_request_buf(std::mem::take(&mut *cell.request.borrow_mut()));
     let stored = match outcome {
         Driven::Direct(answer) => {
@@ -507,11 +516,15 @@ pub async fn serve_job(
 /// Drives the job until it has an outcome for this request: while the client waits (until
 /// `deadline`), then, after a deferral or when the client left with a callback owed, until the
 /// end. `None`: the client left before anything was sent and nobody else wants the answer (the
-/// job is cancelled).
+/// job is cancelled). Where the client's connection leaves this task (the client went away,
+/// or its 202 is written by a task of its own), its request is finished there
+/// (`proxy::trace::finish`), with `head_bytes`.
+#[allow(clippy::too_many_arguments)] // one call site; each argument is a different borrow
 async fn until_driven(
     worker: &Rc<Worker>,
     slot: &mut Option<ClientConn>,
     head: &RequestHead,
+    head_bytes: &bytes::Bytes,
     cell: &Rc<JobCell>,
     key: Option<DedupKey>,
     callback: Option<crate::webhook::CallbackUrl>,
@@ -531,6 +544,11 @@ async fn until_driven(
         RaceEnd::Driven(driven) => Some(driven),
         RaceEnd::ClientGone => {
             cell.client_waiting.set(false);
+            if let Some(conn) = slot.as_mut() {
+                conn.trace
+                    .job(cell.id.get(), cell.attempts.get(), cell.last_status.get());
+                crate::proxy::trace::finish(worker, conn, head_bytes);
+            }
             *slot = None;
             let others = cell.attached.get() > 0 || cell.record.borrow().is_some();
             if cell.attempts.get() == 0 && callback.is_none() && !others {
@@ -561,21 +579,31 @@ async fn until_driven(
                 .endpoint
                 .get()
                 .map_or("", |e| routes.allowlist.entry(e));
-            crate::log::info(format_args!(
-                "job {} accepted: endpoint {endpoint}, deadline passed after {} attempts; \
+            crate::log::event(
+                Target::Jobs,
+                Level::Info,
+                format_args!(
+                    "job {} accepted: endpoint {endpoint}, deadline passed after {} attempts; \
                  202 sent, the job goes on",
-                record.id.as_string(),
-                cell.attempts.get()
-            ));
+                    record.id.as_string(),
+                    cell.attempts.get()
+                ),
+            );
             let durable = cell.persist(worker);
             if let Some(mut conn) = slot.take() {
                 // The 202 is written by the connection's new task (once the job is
                 // stored): a client that does not read must not stall this job (or the
-                // rate-limit queue it heads).
+                // rate-limit queue it heads). That task finishes the request.
+                conn.trace
+                    .job(cell.id.get(), cell.attempts.get(), cell.last_status.get());
                 let (w, record, keep_alive) = (worker.clone(), record.clone(), head.keep_alive);
+                let head_bytes = head_bytes.clone();
                 crate::server::spawn_guarded(async move {
-                    let next = answer_accepted_durably(&mut conn, &record, keep_alive, durable);
-                    if next.await == Next::KeepAlive {
+                    let next =
+                        answer_accepted_durably(&mut conn, &record, keep_alive, durable).await;
+                    crate::proxy::trace::finish(&w, &mut conn, &head_bytes);
+                    drop(head_bytes);
+                    if next == Next::KeepAlive {
                         crate::proxy::continue_serving(w, conn).await;
                     }
                 });
@@ -636,6 +664,7 @@ pub async fn attach(
 ) -> Next {
     let deadline = worker.timers.now().saturating_add(duration_nanos(wait));
     cell.attached.set(cell.attached.get() + 1);
+    conn.trace.job = Some(cell.id.get());
     let mut timer = pin!(worker.timers.sleep_until(deadline));
     let answered = poll_fn(|cx| {
         if cell.result.borrow().is_some() {
@@ -649,6 +678,9 @@ pub async fn attach(
     })
     .await;
     cell.attached.set(cell.attached.get().saturating_sub(1));
+    // What the shared job did (this request made no attempt of its own).
+    conn.trace
+        .job(cell.id.get(), cell.attempts.get(), cell.last_status.get());
     if answered {
         let stored = cell.result.borrow().clone();
         if let Some(stored) = stored {
@@ -882,18 +914,22 @@ fn finish(worker: &Worker, cell: &JobCell, record: &Arc<JobRecord>, stored: &Sto
         s.finished_at = Some(SystemTime::now());
         s.result = Some(stored.clone());
     }
-    crate::log::info(format_args!(
-        "job {} {} after {} attempts: {} {}",
-        record.id.as_string(),
-        status.as_str(),
-        cell.attempts.get(),
-        stored.status,
-        if stored.from_upstream {
-            "from the origin"
-        } else {
-            "from sluice"
-        }
-    ));
+    crate::log::event(
+        Target::Jobs,
+        Level::Info,
+        format_args!(
+            "job {} {} after {} attempts: {} {}",
+            record.id.as_string(),
+            status.as_str(),
+            cell.attempts.get(),
+            stored.status,
+            if stored.from_upstream {
+                "from the origin"
+            } else {
+                "from sluice"
+            }
+        ),
+    );
     cell.record_end(worker, status, stored);
     let persisted = cell.persisted.get();
     for url in cell.callbacks.borrow_mut().drain(..) {
@@ -959,7 +995,7 @@ async fn drive(worker: &Rc<Worker>, ctl: &Rc<JobCell>, key: Option<DedupKey>) ->
         .await;
         let took = nanos(timers.now().saturating_sub(sent_at));
         metrics.attempt(endpoint_slot, attempt_result(&result), took);
-        if crate::log::enabled(crate::config::LogLevel::Debug) || ctl.deferred.get() {
+        if crate::log::enabled(Target::Jobs, Level::Debug) || ctl.deferred.get() {
             log_attempt(ctl, attempt, &result, took);
         }
         let (retriable, retry_after) = match &result {
@@ -979,12 +1015,16 @@ async fn drive(worker: &Rc<Worker>, ctl: &Rc<JobCell>, key: Option<DedupKey>) ->
             if policy.may_retry(attempt, ctl.created.get(), next) {
                 metrics.retry(endpoint_slot);
                 if ctl.deferred.get() {
-                    crate::log::info(format_args!(
-                        "job {}: retry {} scheduled in {} ms",
-                        ctl.id.get().as_string(),
-                        attempt + 1,
-                        delay.as_millis()
-                    ));
+                    crate::log::event(
+                        Target::Jobs,
+                        Level::Info,
+                        format_args!(
+                            "job {}: retry {} scheduled in {} ms",
+                            ctl.id.get().as_string(),
+                            attempt + 1,
+                            delay.as_millis()
+                        ),
+                    );
                 }
                 // Close the failed attempt's connection (its body is not wanted).
                 drop(result);
@@ -1039,11 +1079,12 @@ fn log_attempt(ctl: &JobCell, attempt: u32, result: &Result<Answer, ProxyError>,
         Ok(answer) => args(&format_args!("status {}", answer.head.status)),
         Err(e) => args(e),
     };
-    if ctl.deferred.get() {
-        crate::log::info(format_args!("{line}"));
+    let level = if ctl.deferred.get() {
+        Level::Info
     } else {
-        crate::log::debug(format_args!("{line}"));
-    }
+        Level::Debug
+    };
+    crate::log::event(Target::Jobs, level, format_args!("{line}"));
 }
 
 /// Whether a transport failure may be retried under the operator's `--retry-on`.
@@ -1108,6 +1149,9 @@ async fn answer_accepted(conn: &mut ClientConn, record: &JobRecord, keep_alive: 
     }
     conn.out.extend_from_slice(b"\r\n\r\n");
     conn.out.extend_from_slice(&body);
+    let sent = if conn.head_request { 0 } else { body.len() };
+    conn.trace.answered(202, sent as u64);
+    conn.trace.job = Some(record.id);
     match conn.send_out().await {
         Ok(()) if keep_alive => Next::KeepAlive,
         _ => Next::Close,

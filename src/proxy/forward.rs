@@ -260,6 +260,7 @@ pub async fn stream_response(
     } = answer;
     let (framing, encode, keep_alive) =
         client_framing(response.framing, request.version, request.keep_alive);
+    conn.trace.upstream_status = Some(response.status);
     conn.out.clear();
     write_client_response(
         &mut conn.out,
@@ -288,7 +289,8 @@ pub async fn stream_response(
     )
     .await;
     match pumped {
-        Ok(_) => {
+        Ok(moved) => {
+            conn.trace.answered(response.status, moved);
             release(worker, upstream, &response);
             if keep_alive {
                 Next::KeepAlive
@@ -297,7 +299,11 @@ pub async fn stream_response(
             }
         }
         // The head is out: the only honest signal left is closing the connection.
-        Err(_) => Next::Close,
+        Err(_) => {
+            conn.trace.answered(response.status, 0);
+            conn.trace.reason = Some("response_truncated");
+            Next::Close
+        }
     }
 }
 
@@ -412,6 +418,15 @@ pub async fn write_stored(
         conn.out.extend_from_slice(b"Connection: close\r\n\r\n");
     }
     conn.out.extend_from_slice(&stored.body);
+    let body = if conn.head_request {
+        0
+    } else {
+        stored.body.len() as u64
+    };
+    conn.trace.answered(stored.status, body);
+    if !stored.from_upstream {
+        conn.trace.reason = Some(super::trace::stored_reason(stored.status));
+    }
     match conn.send_out().await {
         Ok(()) if keep_alive => Next::KeepAlive,
         _ => Next::Close,

@@ -32,6 +32,7 @@
 
 pub mod body;
 pub mod forward;
+pub mod trace;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -80,6 +81,8 @@ pub struct ClientConn {
     /// Counted in `sluice_client_connections_open` until the connection is dropped (by
     /// whichever task ends it).
     pub counted: crate::metrics::Open,
+    /// The record of the request being answered (see [`trace`]).
+    pub trace: trace::RequestTrace,
 }
 
 impl ClientConn {
@@ -106,6 +109,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
         head_request: false,
         canceller: worker.take_canceller(),
         counted: crate::metrics::Open::client(&worker.metrics),
+        trace: trace::RequestTrace::default(),
     };
     continue_serving(worker, conn).await;
 }
@@ -211,10 +215,13 @@ async fn serve_requests(worker: &Rc<Worker>, slot: &mut Option<ClientConn>) -> E
             HeadRead::Closed => return End::Close,
             HeadRead::Park(idle) => return End::Park(idle),
             HeadRead::Invalid(e) => {
+                conn.trace.begin(worker.timers.now(), None);
                 let _ = answer_error(conn, e.status(), e.code(), e.message(), false).await;
+                trace::finish(worker, conn, &[]);
                 return End::Linger;
             }
             HeadRead::TimedOut => {
+                conn.trace.begin(worker.timers.now(), None);
                 let _ = answer_error(
                     conn,
                     408,
@@ -223,15 +230,22 @@ async fn serve_requests(worker: &Rc<Worker>, slot: &mut Option<ClientConn>) -> E
                     false,
                 )
                 .await;
+                trace::finish(worker, conn, &[]);
                 return End::Linger;
             }
         };
+        conn.trace.begin(worker.timers.now(), Some(&head));
         conn.head_request = head.method == Method::Head;
         if worker.drain.draining() {
             // Shutting down: this is the connection's last answer (`Connection: close`).
             head.keep_alive = false;
         }
         let next = handle(worker, slot, &head, &bytes).await;
+        // The request is over (unless its connection moved to another task, which finishes
+        // it there: then the slot is empty).
+        if let Some(conn) = slot.as_mut() {
+            trace::finish(worker, conn, &bytes);
+        }
         drop(bytes);
         match next {
             Next::KeepAlive => {}
@@ -275,6 +289,7 @@ async fn handle(
         )
         .await;
     };
+    conn.trace.endpoint = u16::try_from(endpoint).ok();
     let settings = routes.endpoint(endpoint);
     if !settings.allows(head.method) {
         return reply_method_not_allowed(conn, &settings.allow, keep_alive_without_body).await;
@@ -320,6 +335,7 @@ async fn handle(
     // The job's id exists from the first attempt: it is the `Idempotency-Key` every attempt
     // carries (unless the client brought its own key), and the id a 202 would give.
     let id = worker.ids.borrow_mut().next_id();
+    conn.trace.job = Some(id);
     let id_hex = id.to_hex();
     let idempotency: &[(&[u8], &[u8])] = if config.idempotency_key
         && crate::http::find_header(&head.headers, bytes, b"idempotency-key").is_none()
@@ -419,7 +435,7 @@ async fn handle(
         callback,
         published,
     };
-    crate::jobs::run::serve_job(worker, slot, head, job, key).await
+    crate::jobs::run::serve_job(worker, slot, head, bytes, job, key).await
 }
 
 /// `405 Method Not Allowed` with `Allow`: the endpoint's `methods` do not include this one.
@@ -438,6 +454,8 @@ async fn reply_method_not_allowed(conn: &mut ClientConn, allow: &str, keep_alive
         let header = format!("\r\nAllow: {allow}");
         conn.out.splice(at..at, header.bytes());
     }
+    let body = trace::body_len(&conn.out, conn.head_request);
+    conn.trace.rejected(405, "method_not_allowed", body);
     match conn.send_out().await {
         Ok(()) if keep_alive => Next::KeepAlive,
         Ok(()) => Next::LingerClose,
@@ -460,6 +478,8 @@ async fn reply_overloaded(conn: &mut ClientConn, keep_alive: bool) -> Next {
         keep_alive,
         Some(OVERLOAD_RETRY_AFTER_SECS),
     );
+    let body = trace::body_len(&conn.out, conn.head_request);
+    conn.trace.rejected(503, "over_capacity", body);
     match conn.send_out().await {
         Ok(()) if keep_alive => Next::KeepAlive,
         Ok(()) => Next::LingerClose,
@@ -471,7 +491,7 @@ async fn reply_overloaded(conn: &mut ClientConn, keep_alive: bool) -> Next {
 pub async fn reply_error(
     conn: &mut ClientConn,
     status: u16,
-    code: &str,
+    code: &'static str,
     message: &str,
     keep_alive: bool,
 ) -> Next {
@@ -482,11 +502,12 @@ pub async fn reply_error(
     }
 }
 
-/// Writes a sluice-generated JSON error answer (counted as a rejection when `code` is one).
+/// Writes a sluice-generated JSON error answer (and records it, with `code` as the reason;
+/// counted as a rejection when `code` is one).
 pub async fn answer_error(
     conn: &mut ClientConn,
     status: u16,
-    code: &str,
+    code: &'static str,
     message: &str,
     keep_alive: bool,
 ) -> std::io::Result<()> {
@@ -495,6 +516,8 @@ pub async fn answer_error(
     }
     conn.out.clear();
     write_error_response(&mut conn.out, status, code, message, keep_alive);
+    let body = trace::body_len(&conn.out, conn.head_request);
+    conn.trace.rejected(status, code, body);
     conn.send_out().await
 }
 

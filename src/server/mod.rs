@@ -190,9 +190,13 @@ impl Server {
             }
         }
         if left > 0 {
-            crate::log::warn(format_args!(
-                "{left} workers did not drain in time; their open jobs are in the store"
-            ));
+            crate::log::event(
+                crate::log::Target::Server,
+                crate::log::Level::Warn,
+                format_args!(
+                    "{left} workers did not drain in time; their open jobs are in the store"
+                ),
+            );
         }
         let Some(store) = store else {
             return Ok(());
@@ -243,8 +247,14 @@ fn run_worker(
     shared: Arc<Shared>,
     tx: mpsc::Sender<Result<(SocketAddr, Driver), String>>,
 ) {
+    // This thread's log lines are batched and handed over by `flush_log` (never written here).
+    crate::log::buffer_this_thread();
     if let Err(e) = monoio::utils::bind_to_cpu_set([cpu]) {
-        crate::log::warn(format_args!("worker {id}: cannot pin to CPU {cpu}: {e}"));
+        crate::log::event(
+            crate::log::Target::Server,
+            crate::log::Level::Warn,
+            format_args!("worker {id}: cannot pin to CPU {cpu}: {e}"),
+        );
     }
     let runtime = build_runtime(true).or_else(|_| build_runtime(false));
     let mut runtime = match runtime {
@@ -291,6 +301,7 @@ fn run_worker(
         monoio::spawn(worker.timers.clone().run());
         monoio::spawn(sweep_pool(worker.clone()));
         monoio::spawn(release_memory(worker.clone()));
+        monoio::spawn(flush_log(worker.clone()));
         if shared.start_config.workers > 1 {
             monoio::spawn(crate::jobs::run::serve_remote_duplicates(worker.clone()));
         }
@@ -387,7 +398,11 @@ async fn accept_loop(worker: Rc<Worker>, listener: Rc<TcpListener>) {
             }
             Err(e) => {
                 // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning.
-                crate::log::warn(format_args!("worker {}: accept failed: {e}", worker.id));
+                crate::log::event(
+                    crate::log::Target::Server,
+                    crate::log::Level::Warn,
+                    format_args!("worker {}: accept failed: {e}", worker.id),
+                );
                 monoio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
@@ -413,9 +428,13 @@ impl<F: Future<Output = ()>> Future for Guarded<F> {
         let fut = unsafe { self.map_unchecked_mut(|g| &mut g.0) };
         match Pin::new(&mut CatchUnwind(fut)).poll(cx) {
             Poll::Ready(Err(())) => {
-                crate::log::error(format_args!(
-                    "a connection task panicked; the connection was closed, the worker goes on"
-                ));
+                crate::log::event(
+                    crate::log::Target::Server,
+                    crate::log::Level::Error,
+                    format_args!(
+                        "a connection task panicked; the connection was closed, the worker goes on"
+                    ),
+                );
                 Poll::Ready(())
             }
             Poll::Ready(Ok(())) => Poll::Ready(()),
@@ -692,7 +711,11 @@ fn recover(shared: &Shared, recovered: crate::store::Recovered, previous_run: bo
                         .push(d);
                 }
             }
-            Err(why) => crate::log::error(format_args!("stored delivery dropped: {why}")),
+            Err(why) => crate::log::event(
+                crate::log::Target::Store,
+                crate::log::Level::Error,
+                format_args!("stored delivery dropped: {why}"),
+            ),
         }
     }
     // A previous run that did not close the store cleanly may have sent more than it stored.
@@ -704,7 +727,7 @@ fn recover(shared: &Shared, recovered: crate::store::Recovered, previous_run: bo
         crashed,
     );
     if open + finished + deliveries > 0 || crashed {
-        crate::log::info(format_args!(
+        crate::log::event(crate::log::Target::Store, crate::log::Level::Info, format_args!(
             "store: {open} open jobs resumed, {finished} finished jobs kept, {deliveries} callbacks to deliver{}",
             if crashed {
                 " (the previous run did not shut down cleanly)"
@@ -755,6 +778,17 @@ async fn release_memory(worker: Rc<Worker>) {
                 libc::malloc_trim(0);
             }
         }
+    }
+}
+
+/// Hands this worker's buffered log lines to the logger thread every
+/// [`crate::log::FLUSH_INTERVAL`], so a line is never held longer even when traffic stops (a
+/// busy worker hands over sooner, by size). On the worker's own timer wheel: a sleep allocates
+/// nothing, and an empty buffer costs one thread-local look.
+async fn flush_log(worker: Rc<Worker>) {
+    loop {
+        worker.timers.sleep(crate::log::FLUSH_INTERVAL).await;
+        crate::log::flush_thread();
     }
 }
 

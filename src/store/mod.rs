@@ -253,7 +253,11 @@ impl Store {
 impl Drop for Store {
     fn drop(&mut self) {
         if let Err(e) = self.stop() {
-            crate::log::error(format_args!("store {}: {e}", self.path.display()));
+            crate::log::event(
+                crate::log::Target::Store,
+                crate::log::Level::Error,
+                format_args!("store {}: {e}", self.path.display()),
+            );
         }
     }
 }

@@ -291,10 +291,14 @@ impl<'txn> Tables<'txn> {
                 Some(guard) => match JobRow::decode(guard.value()) {
                     Ok(row) => Some(row),
                     Err(e) => {
-                        crate::log::error(format_args!(
-                            "store sweep: job {} has an unreadable row, kept: {e}",
-                            hex(&id)
-                        ));
+                        crate::log::event(
+                            crate::log::Target::Store,
+                            crate::log::Level::Error,
+                            format_args!(
+                                "store sweep: job {} has an unreadable row, kept: {e}",
+                                hex(&id)
+                            ),
+                        );
                         continue;
                     }
                 },

@@ -336,7 +336,11 @@ fn commit_batch(
                         results.push(Ok(()));
                     }
                     Err(ApplyError::Skipped(why)) => {
-                        crate::log::warn(format_args!("store {}: {why}", path.display()));
+                        crate::log::event(
+                            crate::log::Target::Store,
+                            crate::log::Level::Warn,
+                            format_args!("store {}: {why}", path.display()),
+                        );
                         results.push(Err(StoreError::Op(why)));
                     }
                     // Dropping the transaction aborts it.
@@ -373,10 +377,14 @@ fn commit_batch(
             }
         }
         Err(why) => {
-            crate::log::error(format_args!(
-                "store {}: commit of {n} ops failed, they are not stored: {why}",
-                path.display()
-            ));
+            crate::log::event(
+                crate::log::Target::Store,
+                crate::log::Level::Error,
+                format_args!(
+                    "store {}: commit of {n} ops failed, they are not stored: {why}",
+                    path.display()
+                ),
+            );
             shared.commit_errors.fetch_add(1, Ordering::Relaxed);
             for ack in acks.into_iter().flatten() {
                 ack.resolve(Err(StoreError::Commit(why.clone())));

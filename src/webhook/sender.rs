@@ -499,21 +499,30 @@ async fn within<F: Future>(timer: &mut Sleep, op: F) -> Option<F::Output> {
 /// Counts an attempt's outcome and writes the job lifecycle line for it (the callback's host
 /// only: its path and query may carry a receiver's secret).
 fn count_and_log(metrics: &crate::metrics::CoreMetrics, report: &DeliveryReport) {
+    use crate::log::{event, Level, Target};
     use crate::metrics::Callback;
     let (job, host, n) = (&report.job_id, report.url.authority(), report.attempt);
     match &report.outcome {
         DeliveryOutcome::Delivered { status } => {
             metrics.callback(Callback::Delivered);
-            crate::log::info(format_args!(
-                "job {job}: callback delivered to {host} (status {status}, attempt {n})"
-            ));
+            event(
+                Target::Webhook,
+                Level::Info,
+                format_args!(
+                    "job {job}: callback delivered to {host} (status {status}, attempt {n})"
+                ),
+            );
         }
         DeliveryOutcome::Retrying { failure, next_in } => {
             metrics.callback(Callback::Retrying);
-            crate::log::info(format_args!(
-                "job {job}: callback attempt {n} to {host} failed ({failure}); next in {} ms",
-                next_in.as_millis()
-            ));
+            event(
+                Target::Webhook,
+                Level::Info,
+                format_args!(
+                    "job {job}: callback attempt {n} to {host} failed ({failure}); next in {} ms",
+                    next_in.as_millis()
+                ),
+            );
         }
         DeliveryOutcome::GaveUp { reason, last } => {
             let gone = matches!(last, AttemptFailure::Status { status: 410, .. });
@@ -522,15 +531,19 @@ fn count_and_log(metrics: &crate::metrics::CoreMetrics, report: &DeliveryReport)
             } else {
                 Callback::Failed
             });
-            crate::log::warn(format_args!(
-                "job {job}: callback to {host} failed after {n} attempts: {reason}"
-            ));
+            event(
+                Target::Webhook,
+                Level::Warn,
+                format_args!("job {job}: callback to {host} failed after {n} attempts: {reason}"),
+            );
         }
         DeliveryOutcome::Rejected { reason } => {
             metrics.callback(Callback::Rejected);
-            crate::log::warn(format_args!(
-                "job {job}: callback to {host} rejected, nothing sent: {reason}"
-            ));
+            event(
+                Target::Webhook,
+                Level::Warn,
+                format_args!("job {job}: callback to {host} rejected, nothing sent: {reason}"),
+            );
         }
     }
 }

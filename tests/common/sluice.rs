@@ -1,10 +1,10 @@
 //! Starting the real `sluice` binary and reading its start-up line.
 //!
 //! `Sluice::start` adds `--listen 127.0.0.1 -p 0 --workers 2` unless the test gave them, waits
-//! (bounded) for the start-up line on stderr, parses the bound address and driver (and the
-//! admin address, with `--admin-listen`) out of it and keeps draining stderr on a thread so the
-//! child never blocks on a full pipe. The child is killed on drop, and its stderr is printed
-//! when the test is failing.
+//! (bounded) for the start-up line on stderr (so the `server` target must log at `info`),
+//! parses the bound address and driver (and the admin address, with `--admin-listen`) out of
+//! it and keeps draining stderr on a thread so the child never blocks on a full pipe. The child
+//! is killed on drop, and its stderr is printed when the test is failing.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -27,6 +27,8 @@ pub fn sluice_bin() -> &'static str {
 pub fn sluice_command(legacy: bool) -> Command {
     let mut cmd = Command::new(sluice_bin());
     cmd.env_remove("SLUICE_TOKEN")
+        .env_remove("SLUICE_WEBHOOK_SECRET")
+        .env_remove("RUST_LOG")
         .env_remove("MONOIO_FORCE_LEGACY_DRIVER");
     if legacy {
         cmd.env("MONOIO_FORCE_LEGACY_DRIVER", "1");
@@ -57,12 +59,16 @@ fn flag_value<'a>(args: &[&'a str], names: &[&str]) -> Option<&'a str> {
     None
 }
 
-/// The parsed start-up line:
-/// `sluice 0.1.0 listening on 127.0.0.1:40123 workers=2 driver=io_uring origin=http://127.0.0.1:5000`
-/// (`parse` tolerates extra trailing `key=value` fields; the CLI test asserts the exact line).
+/// The parsed start-up line, a log line (time, level, target) whose message is
+/// `sluice 0.1.0 listening on 127.0.0.1:40123 workers=2 driver=io_uring origin=http://127.0.0.1:5000 ...`
+/// (`parse` tolerates extra trailing `key=value` fields; `tests/cli.rs` and `tests/logs.rs`
+/// assert the exact line).
 #[derive(Clone, Debug)]
 pub struct StartupLine {
+    /// The message, from `sluice VERSION listening on` to the end.
     pub line: String,
+    /// The whole line as written (with the log line's time, level and target in front).
+    pub raw: String,
     pub addr: SocketAddr,
     pub workers: usize,
     pub driver: String,
@@ -74,7 +80,9 @@ pub struct StartupLine {
 impl StartupLine {
     pub fn parse(line: &str) -> Option<StartupLine> {
         let prefix = format!("sluice {} listening on ", env!("CARGO_PKG_VERSION"));
-        let rest = line.strip_prefix(&prefix)?;
+        let at = line.find(&prefix)?;
+        let message = &line[at..];
+        let rest = &message[prefix.len()..];
         let fields: Vec<&str> = rest.split(' ').collect();
         // Later `key=value` fields are tolerated here; `tests/cli.rs` pins the exact line.
         let [addr, workers, driver, origin, extra @ ..] = fields.as_slice() else {
@@ -88,7 +96,8 @@ impl StartupLine {
             None => None,
         };
         Some(StartupLine {
-            line: line.to_string(),
+            line: message.to_string(),
+            raw: line.to_string(),
             addr: addr.parse().ok()?,
             workers: workers.strip_prefix("workers=")?.parse().ok()?,
             driver: driver.strip_prefix("driver=")?.to_string(),
