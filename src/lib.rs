@@ -9,7 +9,9 @@
 //!   recovery from the store, signals ([`server::signals`]) and graceful shutdown
 //!   ([`server::shutdown`]).
 //! - [`proxy`]: a client connection's request loop ([`proxy::serve`]): read a head, check the
-//!   allowlist, forward ([`proxy::forward`]), stream bodies ([`proxy::body`]).
+//!   allowlist, forward ([`proxy::forward`]), stream bodies ([`proxy::body`]). Each request's
+//!   outcome is recorded in its connection's [`proxy::trace::RequestTrace`] and ends in one
+//!   [`proxy::trace::finish`] (the access log; the request metrics).
 //! - [`http`]: sans-IO HTTP/1.1: request and response head parsing into offsets of frozen
 //!   buffers, the strict chunked decoder, and the head writers that apply header edits.
 //! - [`jobs`]: the executor: every forwarded request is a job that waits for a rate-limit slot
@@ -25,7 +27,9 @@
 //!   and send history, written by one thread with group commit and read back at start-up.
 //! - [`error`]: the forwarding error type (source, retryability, status) and the JSON error
 //!   responses.
-//! - [`log`]: leveled stderr logging.
+//! - [`log`]: leveled, per-target lines on stderr through one logger thread (workers never
+//!   block or allocate per line), `--log-level`/`RUST_LOG` filtering, the access-log formats
+//!   and the start-up line.
 //!
 //! Off the request path: [`admin`], the `--admin-listen` port (`/metrics`, `/health`,
 //! `/ready`) served by its own std thread; [`fuzz_checks`], the invariant oracles that the fuzz

@@ -15,8 +15,11 @@
 //! [`MEASURED`] requests on the same connections; every answer is checked (status, decoded
 //! body), the origin checks and counts what it receives, and both counters must not move.
 //! `--no-persist` and a rate limit far above what the test sends keep every request on the
-//! direct path (one upstream call, answered within the deadline). Two setups: one worker with
-//! `--dedup off`, and two workers with `--dedup safe` (the default).
+//! direct path (one upstream call, answered within the deadline). Three setups: one worker with
+//! `--dedup off`, two workers with `--dedup safe` (the default), and one worker with the JSON
+//! access log on (`--access-log json`): each request's line is formatted into the worker's
+//! reused log buffer and handed to the logger thread (started here with a sink that counts
+//! lines), which allocates nothing either; every request must have its line.
 //!
 //! Then one request per connection (`Connection: close`): a new connection may cost only what
 //! monoio allocates for it (see [`MONOIO_ALLOCS_PER_CONNECTION_URING`]); sluice's own
@@ -174,9 +177,9 @@ unsafe impl GlobalAlloc for Counting {
 // The tests.
 
 /// The server setups measured, each in a child process per I/O driver: the plain direct path,
-/// and the default `--dedup safe` with two workers (dedup key hashing, this core's map of open
-/// keys and the cross-core table of open keys on every GET).
-const SETUPS: [(&str, &[&str]); 2] = [
+/// the default `--dedup safe` with two workers (dedup key hashing, this core's map of open
+/// keys and the cross-core table of open keys on every GET), and the access log.
+const SETUPS: [(&str, &[&str]); 3] = [
     (
         "one worker, --dedup off",
         &["--workers", "1", "--dedup", "off"],
@@ -185,7 +188,29 @@ const SETUPS: [(&str, &[&str]); 2] = [
         "two workers, --dedup safe",
         &["--workers", "2", "--dedup", "safe"],
     ),
+    (
+        "one worker, --dedup off, --access-log json",
+        &["--workers", "1", "--dedup", "off", "--access-log", "json"],
+    ),
 ];
+
+/// Lines the logger thread wrote (the child's log sink counts them instead of printing).
+static LOG_LINES: AtomicU64 = AtomicU64::new(0);
+
+/// The child's log sink: counts lines, keeps nothing, allocates nothing.
+struct LineCounter;
+
+impl Write for LineCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let lines = buf.iter().filter(|&&b| b == b'\n').count();
+        LOG_LINES.fetch_add(lines as u64, Ordering::Relaxed);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 /// Selects the setup (an index into [`SETUPS`]) in the child process.
 const SETUP_ENV: &str = "SLUICE_ZERO_ALLOC_SETUP";
@@ -254,7 +279,11 @@ fn child() {
     ];
     args.extend_from_slice(setup_args);
     let config = sluice::config::Config::from_args(args).unwrap_or_else(|_| panic!("config"));
-    sluice::log::set_level(config.log_level);
+    sluice::log::set_filter(&config.log_filter);
+    sluice::log::set_access_log(config.access_log);
+    let access_log = config.access_log != sluice::log::AccessLog::Off;
+    // The logger thread as in the binary, writing into a counter.
+    let _log = sluice::log::start(Box::new(LineCounter)).expect("logger");
     let upstream = Arc::new(sluice::upstream::Upstream::prepare(&config).expect("upstream"));
     let server = sluice::server::Server::start(Arc::new(config), upstream).expect("start");
     let driver = server.driver.as_str();
@@ -346,6 +375,20 @@ fn child() {
         0,
         "the origin saw a bad request"
     );
+    // Every proxied request wrote its access line (and nothing else was logged): the access
+    // log was really on during the measured windows.
+    sluice::log::flush();
+    let lines = LOG_LINES.load(Ordering::SeqCst);
+    let want = if access_log {
+        origin_requests() as u64
+    } else {
+        0
+    };
+    eprintln!(
+        "log lines written: {lines}, dropped: {}",
+        sluice::log::dropped_lines()
+    );
+    assert_eq!(lines + sluice::log::dropped_lines(), want, "access lines");
     assert!(failures.is_empty(), "{setup_name}, {driver}: {failures:#?}");
 }
 

@@ -25,7 +25,7 @@ pub mod access;
 pub mod escape;
 pub mod filter;
 pub mod startup;
-mod writer;
+pub mod writer;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU8, Ordering};

@@ -136,6 +136,9 @@ fn run(rx: Receiver<Msg>, mut sink: Box<dyn Write + Send>) {
     }
 }
 
+/// Where the logger thread sends one thread's emptied buffers, and where that thread takes them.
+type ReturnChannel = (SyncSender<Vec<u8>>, Receiver<Vec<u8>>);
+
 /// One thread's buffer and its way back from the logger.
 struct Local {
     buf: Vec<u8>,
@@ -143,7 +146,7 @@ struct Local {
     /// Set by [`buffer_this_thread`]: hand over by size and timer, not after every line.
     buffered: Option<Arc<AtomicU64>>,
     /// Emptied buffers come back on this channel (made on the first hand-over).
-    back: Option<(SyncSender<Vec<u8>>, Receiver<Vec<u8>>)>,
+    back: Option<ReturnChannel>,
 }
 
 impl Local {

@@ -39,6 +39,9 @@ pub const DEFAULT_TICK: Duration = Duration::from_millis(1);
 
 /// Timers pre-allocated per core (the slab grows beyond this when needed, then stays).
 const INITIAL_CAPACITY: usize = 1024;
+/// Wakers one round of the driver holds before waking them, pre-allocated (16 bytes each;
+/// the list grows beyond this when more fire at once, then stays).
+const FIRED_CAPACITY: usize = 64;
 
 /// What the wheel holds per timer: the waker of the task awaiting the [`Sleep`] (none before it
 /// is first polled).
@@ -160,8 +163,10 @@ impl Timers {
             return;
         }
         let _driving = DrivingGuard(&self.driving);
-        // Reused across rounds: no allocation per fired timer in steady state.
-        let mut fired: Vec<Waker> = Vec::new();
+        // Reused across rounds: no allocation per fired timer in steady state. Sized up front
+        // so that the first round in which several timers fire together (a worker's periodic
+        // tasks meeting a connection's timeout) does not grow it in the middle of traffic.
+        let mut fired: Vec<Waker> = Vec::with_capacity(FIRED_CAPACITY);
         loop {
             let now = self.now();
             let wake_at = {
