@@ -83,8 +83,16 @@ fn health_ready_and_metrics_answer_on_their_own_port() {
 fn startup_line_ends_with_the_admin_address() {
     let origin = MockOrigin::echo();
     let sluice = start_proxy(&origin.url(), &ADMIN, true);
+    // `start_proxy` opens the executor up: `--rate-limit 1000000/1s`.
+    let endpoints: String = STD_PATHS
+        .split(',')
+        .map(|p| {
+            format!(" endpoint={p} methods=any limit=1000000/1s(sliding-window) deadline=2000ms")
+        })
+        .collect();
     let expected = format!(
-        "sluice {} listening on {} workers=2 driver={} origin={} paths={STD_PATHS} admin={}",
+        "sluice {} listening on {} workers=2 driver={} origin={} log_level=info \
+         access_log=off endpoints=3{endpoints} admin={}",
         env!("CARGO_PKG_VERSION"),
         sluice.addr(),
         sluice.driver(),
