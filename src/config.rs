@@ -127,6 +127,11 @@ pub struct Cli {
     #[arg(long = "client-body-timeout-ms", default_value_t = 10_000)]
     pub client_body_timeout_ms: u64,
 
+    /// How long an idle keep-alive client connection keeps its read buffer and request task
+    /// before it parks (gives them back), in milliseconds.
+    #[arg(long = "client-park-ms", default_value_t = 50)]
+    pub client_park_ms: u64,
+
     /// Largest request head (request line plus headers) in bytes; bigger answers 431.
     #[arg(long = "max-head-bytes", default_value_t = DEFAULT_MAX_HEAD_BYTES)]
     pub max_head_bytes: usize,
@@ -494,6 +499,8 @@ pub struct Timeouts {
     pub client_header: Duration,
     pub client_idle: Duration,
     pub client_body: Duration,
+    /// Idle time after which a keep-alive connection parks (see `proxy`).
+    pub client_park: Duration,
 }
 
 /// The validated runtime configuration shared (read-only, behind an `Arc`) by all workers.
@@ -761,6 +768,7 @@ impl TryFrom<Cli> for Config {
             client_header: millis("--client-header-timeout-ms", cli.client_header_timeout_ms)?,
             client_idle: millis("--client-idle-timeout-ms", cli.client_idle_timeout_ms)?,
             client_body: millis("--client-body-timeout-ms", cli.client_body_timeout_ms)?,
+            client_park: millis("--client-park-ms", cli.client_park_ms)?,
         };
         let executor = executor_config(&cli)?;
         let idempotency_key = match cli.idempotency_key.as_str() {
@@ -1209,6 +1217,7 @@ fn merge_file(
         client_header_timeout_ms,
         client_idle_timeout_ms,
         client_body_timeout_ms,
+        client_park_ms,
         max_head_bytes,
         max_headers,
         max_request_body_bytes,

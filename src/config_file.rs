@@ -38,6 +38,7 @@ pub struct FileConfig {
     pub client_header_timeout_ms: Option<u64>,
     pub client_idle_timeout_ms: Option<u64>,
     pub client_body_timeout_ms: Option<u64>,
+    pub client_park_ms: Option<u64>,
     pub max_head_bytes: Option<usize>,
     pub max_headers: Option<usize>,
     pub max_request_body_bytes: Option<u64>,

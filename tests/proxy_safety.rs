@@ -348,7 +348,7 @@ fn idle_keep_alive_connections_are_closed() {
     });
 }
 
-/// An idle keep-alive connection parks after `PARK_AFTER` (50 ms: it gives back its read
+/// An idle keep-alive connection parks after `--client-park-ms` (50 ms: it gives back its read
 /// buffer and request task, see `src/proxy/mod.rs`) and wakes for the next request. Gaps around
 /// the park moment catch a request lost while the idle read is cancelled.
 #[test]

@@ -276,6 +276,12 @@ fn child() {
         "--rate-limit",
         "1000000/1s",
         "--no-persist",
+        // A connection idle for `--client-park-ms` parks (a task spawn and a new idle-read
+        // canceller: a cost per idle gap, not per request). On a loaded 2-core machine a test
+        // client thread can be descheduled past the 50 ms default between two requests; the
+        // measurement is of requests on busy connections, so parking is moved out of reach.
+        "--client-park-ms",
+        "60000",
     ];
     args.extend_from_slice(setup_args);
     let config = sluice::config::Config::from_args(args).unwrap_or_else(|_| panic!("config"));

@@ -11,13 +11,13 @@
 //! Requests are handled one after the other, so pipelined requests are answered in order; the
 //! bytes of the next request simply wait in the read buffer.
 //!
-//! Idle keep-alive connections are cheap: a connection that waited [`PARK_AFTER`] for its next
+//! Idle keep-alive connections are cheap: a connection that waited `--client-park-ms` for its next
 //! request gives its read buffer back to the worker's pool and moves to a small task that only
 //! waits for the socket to become readable ([`parked`], under 1 KiB instead of the request
 //! task's ~8 KiB plus a 4 KiB buffer); the next request starts a request task again (two
 //! allocations and one readiness wait, a few microseconds, only after an idle gap). The read
 //! it was waiting in is cancelled through monoio's `Canceller` and awaited, so a request that
-//! arrived at that moment is kept, never lost. 50 ms is far above the gap between requests of
+//! arrived at that moment is kept, never lost. The default 50 ms is far above the gap between requests of
 //! a busy connection (those never park) and far below a client pool's idle time; measured with
 //! `bench/idle_conns.py`: 10,000 idle connections cost about 1.9 KiB each (README).
 //!
@@ -59,9 +59,6 @@ pub const LINGER: Duration = Duration::from_millis(500);
 pub const LINGER_MAX_BYTES: usize = 64 * 1024;
 /// Minimum free space before each head read.
 const HEAD_READ_BYTES: usize = 4 * 1024;
-/// How long a keep-alive connection waits for its next request with a read buffer and its
-/// request task before it parks (see the module documentation for the choice).
-pub const PARK_AFTER: Duration = Duration::from_millis(50);
 
 /// One client connection's state.
 pub struct ClientConn {
@@ -528,14 +525,14 @@ enum IdleRead {
     Read(std::io::Result<usize>),
     /// The worker drains: close.
     Drain,
-    /// Nothing arrived within [`PARK_AFTER`]: park.
+    /// Nothing arrived within `--client-park-ms`: park.
     Park,
 }
 
-/// Waits up to [`PARK_AFTER`] for the first bytes of the next request. When the wait ends
+/// Waits up to `park_after` (`--client-park-ms`) for the first bytes of the next request. When the wait ends
 /// without them (park or drain), the read is cancelled and awaited: bytes that arrived at that
 /// moment are kept and returned as a read.
-async fn idle_read(worker: &Worker, conn: &mut ClientConn) -> IdleRead {
+async fn idle_read(worker: &Worker, conn: &mut ClientConn, park_after: Duration) -> IdleRead {
     if conn.buf.capacity() - conn.buf.len() < HEAD_READ_BYTES {
         conn.buf.reserve(HEAD_READ_BYTES);
     }
@@ -544,7 +541,7 @@ async fn idle_read(worker: &Worker, conn: &mut ClientConn) -> IdleRead {
     let mut read = std::pin::pin!(conn
         .stream
         .cancelable_read(owned.slice_mut(len..cap), conn.canceller.handle()));
-    let mut park = worker.timers.sleep(PARK_AFTER);
+    let mut park = worker.timers.sleep(park_after);
     let mut drain = worker.drain.watch();
     let raced = std::future::poll_fn(|cx| {
         if let std::task::Poll::Ready(done) = read.as_mut().poll(cx) {
@@ -583,7 +580,7 @@ enum HeadRead {
     Invalid(RequestError),
     /// A started head was not completed within `--client-header-timeout-ms`.
     TimedOut,
-    /// Idle for [`PARK_AFTER`]: park the connection for at most this much longer.
+    /// Idle for `--client-park-ms`: park the connection for at most this much longer.
     Park(Duration),
 }
 
@@ -620,11 +617,12 @@ async fn read_head(worker: &Worker, conn: &mut ClientConn) -> HeadRead {
         if !started && worker.drain.draining() {
             return HeadRead::Closed;
         }
-        let read = if !started && timeout > PARK_AFTER {
-            match idle_read(worker, conn).await {
+        let park_after = timeouts.client_park;
+        let read = if !started && timeout > park_after {
+            match idle_read(worker, conn, park_after).await {
                 IdleRead::Read(r) => r,
                 IdleRead::Drain => return HeadRead::Closed,
-                IdleRead::Park => return HeadRead::Park(timeout.saturating_sub(PARK_AFTER)),
+                IdleRead::Park => return HeadRead::Park(timeout.saturating_sub(park_after)),
             }
         } else {
             read_more(
