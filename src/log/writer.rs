@@ -40,7 +40,9 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// Batches queued for the logger thread at most (with [`HANDOVER_BYTES`], about 4 MiB); beyond
 /// it, hand-overs drop their lines instead of waiting.
 pub const QUEUE_BATCHES: usize = 256;
-/// Emptied buffers waiting to go back to each thread; more are freed.
+/// Emptied buffers waiting to go back to each thread; more are freed. A worker thread starts
+/// with this many less one spare (on its first hand-over: 224 KiB), so the logger may lag that
+/// many batches behind before a worker allocates a buffer.
 const RETURNED_BUFFERS: usize = 8;
 /// Initial capacity of a worker thread's buffer: a full batch plus a long line.
 const WORKER_BUF_BYTES: usize = 2 * HANDOVER_BYTES;
@@ -202,9 +204,22 @@ impl Local {
             self.buf.clear();
             return;
         };
+        let worker = self.buffered.is_some();
+        let capacity = self.capacity();
         let back = self
             .back
-            .get_or_insert_with(|| sync_channel(RETURNED_BUFFERS))
+            .get_or_insert_with(|| {
+                let (tx, rx) = sync_channel(RETURNED_BUFFERS);
+                // A worker thread's spare buffers are made now, on its first hand-over: the
+                // logger thread may lag a few batches behind (it shares the CPUs), and a
+                // buffer that is not back yet must not cost an allocation mid-traffic.
+                if worker {
+                    for _ in 1..RETURNED_BUFFERS {
+                        let _ = tx.try_send(Vec::with_capacity(capacity));
+                    }
+                }
+                (tx, rx)
+            })
             .0
             .clone();
         let buf = std::mem::take(&mut self.buf);
