@@ -17,9 +17,10 @@
 //! `--no-persist` and a rate limit far above what the test sends keep every request on the
 //! direct path (one upstream call, answered within the deadline). Three setups: one worker with
 //! `--dedup off`, two workers with `--dedup safe` (the default), and one worker with the JSON
-//! access log on (`--access-log json`): each request's line is formatted into the worker's
-//! reused log buffer and handed to the logger thread (started here with a sink that counts
-//! lines), which allocates nothing either; every request must have its line.
+//! access log on (`--access-log json`, without the concurrent scenario): each request's line
+//! is formatted into the worker's reused log buffer and handed to the logger thread (started
+//! here with a sink that counts lines), which allocates nothing either; every request must
+//! have its line.
 //!
 //! Then one request per connection (`Connection: close`): a new connection may cost only what
 //! monoio allocates for it (see [`MONOIO_ALLOCS_PER_CONNECTION_URING`]); sluice's own
@@ -327,6 +328,15 @@ fn child() {
         ),
     ];
     let mut failures = Vec::new();
+    // The access log's path is one per worker thread whatever the number of connections (the
+    // single-connection scenarios and the connection scenario cover it); the concurrent
+    // scenario adds client threads that, on a busy 2-CPU machine, are sometimes starved past
+    // `sluice::proxy::PARK_AFTER`, which parks their connection (a cancelled read and a new
+    // task: allocations that have nothing to do with logging), so it is measured without the
+    // access log only.
+    let scenarios = scenarios
+        .into_iter()
+        .filter(|&(_, conns, _, _)| conns == 1 || !access_log);
     for (name, conns, request, body) in scenarios {
         let requests: Vec<Vec<u8>> = (0..conns).map(request).collect();
         let windows = if conns == 1 { 1 } else { CONCURRENT_WINDOWS };

@@ -42,8 +42,12 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 pub const QUEUE_BATCHES: usize = 256;
 /// Emptied buffers waiting to go back to each thread; more are freed.
 const RETURNED_BUFFERS: usize = 8;
-/// Initial capacity of a worker thread's buffer: a full batch plus a long line.
-const WORKER_BUF_BYTES: usize = 2 * HANDOVER_BYTES;
+/// Spare buffers a worker thread starts with (beside the one it fills), so that a hand-over
+/// finds a free buffer even while the logger still writes the last few: the logger may lag
+/// this many batches before a worker has to allocate one more (which then stays in the pool).
+const WORKER_SPARE_BUFFERS: usize = 3;
+/// Initial capacity of a worker thread's buffers: a full batch plus a few long lines.
+const WORKER_BUF_BYTES: usize = HANDOVER_BYTES + 4 * 1024;
 /// Initial capacity of any other thread's buffer (it holds one line at a time).
 const OTHER_BUF_BYTES: usize = 512;
 /// A buffer that grew beyond this (a very long line) is freed instead of going back.
@@ -257,7 +261,8 @@ pub(crate) fn write_line(write: impl FnOnce(&mut Vec<u8>)) {
 
 /// Marks the calling thread as an I/O worker: its lines are handed over by size
 /// ([`HANDOVER_BYTES`]) and by its calls to [`flush_thread`], which it must make at least
-/// every [`FLUSH_INTERVAL`]; [`flush`] waits for its next one.
+/// every [`FLUSH_INTERVAL`]; [`flush`] waits for its next one. Its buffers are allocated here
+/// (with [`WORKER_SPARE_BUFFERS`] spares), not while it serves.
 pub fn buffer_this_thread() {
     let seen = Arc::new(AtomicU64::new(FLUSH_EPOCH.load(Ordering::Acquire)));
     BUFFERED
@@ -267,6 +272,12 @@ pub fn buffer_this_thread() {
     let _ = LOCAL.try_with(|local| {
         if let Ok(mut local) = local.try_borrow_mut() {
             local.buffered = Some(seen);
+            let (spares, _) = local
+                .back
+                .get_or_insert_with(|| sync_channel(RETURNED_BUFFERS));
+            for _ in 0..WORKER_SPARE_BUFFERS {
+                let _ = spares.try_send(Vec::with_capacity(WORKER_BUF_BYTES));
+            }
         }
     });
 }
