@@ -13,7 +13,10 @@
 //!    writer, blocking pools: rare lines) hands over after every line.
 //! 3. The logger thread writes each batch with one `write` and sends the emptied buffer back to
 //!    the thread it came from (a small bounded channel per thread), which takes it as its next
-//!    buffer: in steady state buffers go round, none is allocated.
+//!    buffer: in steady state buffers go round, none is allocated. A worker thread starts with
+//!    [`WORKER_SPARE_BUFFERS`] spares; when none has come back yet at a hand-over (the logger
+//!    is behind), it keeps filling its buffer while there is room ([`LINE_ROOM_BYTES`]), and
+//!    only then allocates one more (which joins the pool).
 //!
 //! Never blocking has a price: when the logger falls behind and the queue is full, a hand-over
 //! drops the batch's lines and counts them ([`dropped_lines`], exported by the metrics) instead
@@ -40,12 +43,19 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// Batches queued for the logger thread at most (with [`HANDOVER_BYTES`], about 4 MiB); beyond
 /// it, hand-overs drop their lines instead of waiting.
 pub const QUEUE_BATCHES: usize = 256;
-/// Emptied buffers waiting to go back to each thread; more are freed. A worker thread starts
-/// with this many less one spare (on its first hand-over: 224 KiB), so the logger may lag that
-/// many batches behind before a worker allocates a buffer.
+/// Emptied buffers waiting to go back to each thread; more are freed.
 const RETURNED_BUFFERS: usize = 8;
-/// Initial capacity of a worker thread's buffer: a full batch plus a long line.
+/// Spare buffers a worker thread starts with (beside the one it fills), so that a hand-over
+/// finds a free buffer even while the logger still writes the last few: the logger may lag
+/// this many batches before a worker has to allocate one more (which then stays in the pool).
+const WORKER_SPARE_BUFFERS: usize = 3;
+/// Capacity of a worker thread's buffers: a full batch, and as much again to keep filling while
+/// the logger has not given a spare back yet (see [`LINE_ROOM_BYTES`]).
 const WORKER_BUF_BYTES: usize = 2 * HANDOVER_BYTES;
+/// A worker thread past [`HANDOVER_BYTES`] without a spare buffer keeps filling its buffer
+/// while at least this much room is left (a typical line is well under it); then it allocates
+/// one more buffer (which stays in the pool) rather than grow the full one.
+const LINE_ROOM_BYTES: usize = 4 * 1024;
 /// Initial capacity of any other thread's buffer (it holds one line at a time).
 const OTHER_BUF_BYTES: usize = 512;
 /// A buffer that grew beyond this (a very long line) is freed instead of going back.
@@ -172,69 +182,65 @@ impl Local {
     /// Appends one line (`write` adds everything but the final newline).
     fn append(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
         if self.buf.capacity() == 0 {
-            self.buf = self.next_buffer();
+            self.buf = self
+                .back
+                .as_ref()
+                .and_then(|(_, spares)| spares.try_recv().ok())
+                .unwrap_or_else(|| Vec::with_capacity(self.capacity()));
         }
         write(&mut self.buf);
         self.buf.push(b'\n');
         self.lines += 1;
-        if self.buffered.is_none() || self.buf.len() >= HANDOVER_BYTES {
-            self.hand_over();
+        if self.buffered.is_none() {
+            self.hand_over(true);
+        } else if self.buf.len() >= HANDOVER_BYTES {
+            // While the buffer has room, a worker waits for a spare rather than allocate one.
+            let room = self.buf.capacity() - self.buf.len();
+            self.hand_over(room < LINE_ROOM_BYTES);
         }
     }
 
-    /// A returned buffer, or a new one.
-    fn next_buffer(&mut self) -> Vec<u8> {
-        self.back
-            .as_ref()
-            .and_then(|(_, rx)| rx.try_recv().ok())
-            .unwrap_or_else(|| Vec::with_capacity(self.capacity()))
-    }
-
-    /// Sends the buffered lines to the logger thread (never waits: a full queue drops them).
-    fn hand_over(&mut self) {
+    /// Sends the buffered lines to the logger thread and takes a spare buffer to go on with;
+    /// never waits (a full queue drops the lines). Without a spare (the logger has not given
+    /// one back yet), it keeps the lines unless `force`d, which allocates a new buffer.
+    fn hand_over(&mut self, force: bool) {
         if self.buf.is_empty() {
             return;
         }
-        let lines = std::mem::take(&mut self.lines);
         let Some(logger) = LOGGER.get() else {
             // Not started: this thread writes itself (start-up, unit tests, benches).
             if std::io::stderr().write_all(&self.buf).is_err() {
-                count_dropped(lines);
+                count_dropped(self.lines);
             }
+            self.lines = 0;
             self.buf.clear();
             return;
         };
-        let worker = self.buffered.is_some();
         let capacity = self.capacity();
-        let back = self
+        let (back, spares) = self
             .back
-            .get_or_insert_with(|| {
-                let (tx, rx) = sync_channel(RETURNED_BUFFERS);
-                // A worker thread's spare buffers are made now, on its first hand-over: the
-                // logger thread may lag a few batches behind (it shares the CPUs), and a
-                // buffer that is not back yet must not cost an allocation mid-traffic.
-                if worker {
-                    for _ in 1..RETURNED_BUFFERS {
-                        let _ = tx.try_send(Vec::with_capacity(capacity));
-                    }
-                }
-                (tx, rx)
-            })
-            .0
-            .clone();
-        let buf = std::mem::take(&mut self.buf);
-        match logger.try_send(Msg::Batch {
+            .get_or_insert_with(|| sync_channel(RETURNED_BUFFERS));
+        let spare = match spares.try_recv() {
+            Ok(spare) => spare,
+            Err(_) if !force => return,
+            Err(_) => Vec::with_capacity(capacity),
+        };
+        let lines = std::mem::take(&mut self.lines);
+        let buf = std::mem::replace(&mut self.buf, spare);
+        let batch = Msg::Batch {
             buf,
             lines,
-            back: Some(back),
-        }) {
-            Ok(()) => self.buf = self.next_buffer(),
-            Err(TrySendError::Full(msg) | TrySendError::Disconnected(msg)) => {
-                count_dropped(lines);
-                if let Msg::Batch { mut buf, .. } = msg {
-                    buf.clear();
-                    self.buf = buf;
-                }
+            back: Some(back.clone()),
+        };
+        if let Err(TrySendError::Full(msg) | TrySendError::Disconnected(msg)) =
+            logger.try_send(batch)
+        {
+            count_dropped(lines);
+            if let Msg::Batch { mut buf, .. } = msg {
+                // Go on with the old buffer; the spare goes back where it came from.
+                buf.clear();
+                let spare = std::mem::replace(&mut self.buf, buf);
+                let _ = back.try_send(spare);
             }
         }
     }
@@ -243,7 +249,7 @@ impl Local {
 impl Drop for Local {
     /// A thread that ends hands over what it still holds, and no flush waits for it any more.
     fn drop(&mut self) {
-        self.hand_over();
+        self.hand_over(true);
         if let Some(seen) = &self.buffered {
             seen.store(u64::MAX, Ordering::Release);
         }
@@ -272,7 +278,8 @@ pub(crate) fn write_line(write: impl FnOnce(&mut Vec<u8>)) {
 
 /// Marks the calling thread as an I/O worker: its lines are handed over by size
 /// ([`HANDOVER_BYTES`]) and by its calls to [`flush_thread`], which it must make at least
-/// every [`FLUSH_INTERVAL`]; [`flush`] waits for its next one.
+/// every [`FLUSH_INTERVAL`]; [`flush`] waits for its next one. Its buffers are allocated here
+/// (with [`WORKER_SPARE_BUFFERS`] spares), not while it serves.
 pub fn buffer_this_thread() {
     let seen = Arc::new(AtomicU64::new(FLUSH_EPOCH.load(Ordering::Acquire)));
     BUFFERED
@@ -282,6 +289,12 @@ pub fn buffer_this_thread() {
     let _ = LOCAL.try_with(|local| {
         if let Ok(mut local) = local.try_borrow_mut() {
             local.buffered = Some(seen);
+            let (spares, _) = local
+                .back
+                .get_or_insert_with(|| sync_channel(RETURNED_BUFFERS));
+            for _ in 0..WORKER_SPARE_BUFFERS {
+                let _ = spares.try_send(Vec::with_capacity(WORKER_BUF_BYTES));
+            }
         }
     });
 }
@@ -291,10 +304,14 @@ pub fn buffer_this_thread() {
 pub fn flush_thread() {
     let _ = LOCAL.try_with(|local| {
         if let Ok(mut local) = local.try_borrow_mut() {
-            local.hand_over();
+            let epoch = FLUSH_EPOCH.load(Ordering::Acquire);
+            let seen = local.buffered.as_ref().map(|s| s.load(Ordering::Relaxed));
+            // A flush asked for everything: hand over even without a spare. Otherwise a
+            // logger that is behind lets the lines wait here (they would only queue there).
+            local.hand_over(seen.is_none_or(|seen| seen < epoch));
             if let Some(seen) = &local.buffered {
                 // After the hand-over: a flush that sees this value finds those lines queued.
-                seen.store(FLUSH_EPOCH.load(Ordering::Acquire), Ordering::Release);
+                seen.store(epoch, Ordering::Release);
             }
         }
     });
