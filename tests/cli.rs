@@ -97,6 +97,9 @@ fn help_lists_every_flag() {
         "--max-head-bytes",
         "--max-headers",
         "--max-request-body-bytes",
+        "--client-park-ms",
+        "--log-level",
+        "--access-log",
         "--admin-listen",
     ];
     for flag in flags {
