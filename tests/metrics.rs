@@ -26,6 +26,23 @@ fn scrape_until(sluice: &Sluice, ready: impl Fn(&Scrape) -> bool) -> Scrape {
     }
 }
 
+/// Sluice on `origin` with the allowlist `/a,/b/*`, the admin listener on, and `extra` flags.
+fn start(origin: &MockOrigin, extra: &[&str], legacy: bool) -> Sluice {
+    let url = origin.url();
+    let mut args = vec![
+        "-t",
+        "tok",
+        "--paths",
+        "/a,/b/*",
+        "-o",
+        &url,
+        "--admin-listen",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    Sluice::start(&args, legacy)
+}
+
 fn v(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     scrape
         .value(name, labels)
@@ -36,21 +53,7 @@ fn v(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
 fn a_scrape_counts_exactly_what_was_served() {
     for_both_drivers(|legacy| {
         let origin = MockOrigin::start(|_| Reply::ok("fine"));
-        let sluice = Sluice::start(
-            &[
-                "-t",
-                "tok",
-                "--paths",
-                "/a,/b/*",
-                "-o",
-                &origin.url(),
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--max-request-body-bytes",
-                "16",
-            ],
-            legacy,
-        );
+        let sluice = start(&origin, &["--max-request-body-bytes", "16"], legacy);
         let before = sluice.scrape();
         assert_eq!(
             v(
@@ -158,16 +161,9 @@ fn a_deferred_job_counts_its_attempts_retries_and_callback() {
     });
     let hooks = MockReceiver::start(vec![Answer::Status(200)]);
     let hook = hooks.url("/done").replace(':', "%3A").replace('/', "%2F");
-    let sluice = Sluice::start(
+    let sluice = start(
+        &origin,
         &[
-            "-t",
-            "tok",
-            "--paths",
-            "/a,/b/*",
-            "-o",
-            &origin.url(),
-            "--admin-listen",
-            "127.0.0.1:0",
             "--ingress-request-timeout-ms",
             "50",
             "--retry-base-ms",
