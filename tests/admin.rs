@@ -6,7 +6,6 @@
 mod common;
 
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -233,17 +232,6 @@ fn ready_is_503_while_draining_and_the_admin_port_closes_at_exit() {
         TcpStream::connect(admin).is_err(),
         "admin port still open after exit"
     );
-}
-
-/// A fresh directory with `sluice.toml` holding `text`; returns the file's path.
-fn write_config(tag: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sluice-admin-{}-{tag}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("config dir");
-    let path = dir.join("sluice.toml");
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).expect("write config");
-    std::fs::rename(&tmp, &path).expect("rename config");
-    path
 }
 
 #[test]

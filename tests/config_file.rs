@@ -4,28 +4,11 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::webhook::{Answer, MockReceiver};
 use common::*;
-
-/// A fresh directory with `sluice.toml` holding `text`; returns the file's path.
-fn write_config(tag: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sluice-cfg-{}-{tag}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("config dir");
-    let path = dir.join("sluice.toml");
-    rewrite(&path, text);
-    path
-}
-
-/// Replaces the file's content in one step (write then rename), as an editor or a deploy does.
-fn rewrite(path: &PathBuf, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).expect("write config");
-    std::fs::rename(&tmp, path).expect("rename config");
-}
 
 fn header(origin: &MockOrigin) -> String {
     format!(

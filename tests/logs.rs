@@ -7,7 +7,6 @@ mod common;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -18,22 +17,6 @@ use common::*;
 const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// A token that would stand out in any log.
 const SECRET_TOKEN: &str = "tok-3b7c-do-not-log-me";
-
-/// A fresh directory with `sluice.toml` holding `text`; returns the file's path.
-fn write_config(tag: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sluice-logs-{}-{tag}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("config dir");
-    let path = dir.join("sluice.toml");
-    rewrite(&path, text);
-    path
-}
-
-/// Replaces the file's content in one step (write then rename).
-fn rewrite(path: &PathBuf, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).expect("write config");
-    std::fs::rename(&tmp, path).expect("rename config");
-}
 
 /// Polls `f` every 20 ms until it returns true or `IO_TIMEOUT` passed.
 fn eventually(mut f: impl FnMut() -> bool) -> bool {

@@ -135,3 +135,20 @@ pub fn assert_origin_untouched(sluice: &Sluice, origin: &MockOrigin) {
         "the origin must only have seen barrier requests, saw {seen:#?}"
     );
 }
+
+/// A fresh directory with `sluice.toml` holding `text`; returns the file's path. `tag` names
+/// the directory (unique per process and tag).
+pub fn write_config(tag: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sluice-cfg-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("config dir");
+    let path = dir.join("sluice.toml");
+    rewrite(&path, text);
+    path
+}
+
+/// Replaces the file's content in one step (write then rename), as an editor or a deploy does.
+pub fn rewrite(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write config");
+    std::fs::rename(&tmp, path).expect("rename config");
+}
