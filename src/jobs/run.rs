@@ -14,7 +14,7 @@
 //! fresh id, where `/_sluice/jobs/<id>` finds it; its final answer is kept there (bounded by
 //! `--max-response-body-bytes`) for `/result` and the callback.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, RefCell, RefMut};
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
 use std::rc::Rc;
@@ -161,9 +161,11 @@ pub struct JobCell {
     published: Cell<Option<usize>>,
     /// Duplicates on other cores attached to this job.
     remote: RefCell<Vec<Arc<RemoteWait>>>,
-    /// The upstream request every attempt sends; readable at any time (an attempt writes a
-    /// copy), so that whoever defers the job can store it.
-    request: RefCell<Vec<u8>>,
+    /// The upstream request every attempt sends. Shared, not copied: an attempt hands the
+    /// kernel a clone of the `Rc` (the bytes stay put and unchanged while the write is in
+    /// flight), and the bytes stay readable meanwhile, so that whoever defers the job can store
+    /// them. Changed only through [`JobCell::request_mut`].
+    request: RefCell<Rc<Vec<u8>>>,
     method: Cell<Method>,
     /// The limiter the job's attempts take slots from (a number of `routes`' limiters).
     limiter: Cell<usize>,
@@ -182,6 +184,19 @@ pub struct JobCell {
 }
 
 impl JobCell {
+    /// The request bytes, to change. When an attempt's write still holds them (a dropped
+    /// attempt whose write the kernel has not finished: rare), the cell takes a fresh buffer
+    /// and leaves those bytes to the write.
+    fn request_mut(&self) -> RefMut<'_, Vec<u8>> {
+        RefMut::map(self.request.borrow_mut(), |shared| {
+            if Rc::get_mut(shared).is_none() {
+                *shared = Rc::default();
+            }
+            // Unique now: `make_mut` hands out the buffer itself, never a clone.
+            Rc::make_mut(shared)
+        })
+    }
+
     pub fn new(created: u64, deadline: u64) -> JobCell {
         JobCell {
             id: Cell::new(JobId([0; 16])),
@@ -202,7 +217,7 @@ impl JobCell {
             finished: Cell::new(false),
             published: Cell::new(None),
             remote: RefCell::new(Vec::new()),
-            request: RefCell::new(Vec::new()),
+            request: RefCell::new(Rc::new(Vec::new())),
             method: Cell::new(Method::Get),
             limiter: Cell::new(0),
             routes: RefCell::new(None),
@@ -232,7 +247,7 @@ impl JobCell {
         self.finished.set(false);
         self.published.set(None);
         self.remote.borrow_mut().clear();
-        self.request.borrow_mut().clear();
+        self.request_mut().clear();
         self.persisted.set(false);
         self.deferred.set(false);
         self.end.set(None);
@@ -244,7 +259,7 @@ impl JobCell {
     fn row(&self, worker: &Worker) -> Option<crate::store::JobRow> {
         let id = self.id.get();
         let mut request = Vec::new();
-        let redacted = persist::redact(&self.request.borrow(), &id.to_hex(), &mut request);
+        let redacted = persist::redact(&self.request.borrow()[..], &id.to_hex(), &mut request);
         if let Err(why) = redacted {
             crate::log::error(format_args!("job {} not stored: {why}", id.as_string()));
             return None;
@@ -462,7 +477,7 @@ pub async fn serve_job(
     cell.limiter.set(request.limiter);
     cell.endpoint.set(Some(request.endpoint));
     *cell.routes.borrow_mut() = Some(request.routes.clone());
-    std::mem::swap(&mut *cell.request.borrow_mut(), &mut request.bytes);
+    std::mem::swap(&mut *cell.request_mut(), &mut request.bytes);
     worker.give_request_buf(std::mem::take(&mut request.bytes));
     if let Some(key) = key {
         worker.dedup.borrow_mut().insert(key, cell.clone());
@@ -482,7 +497,7 @@ pub async fn serve_job(
         conn.trace
             .job(cell.id.get(), cell.attempts.get(), cell.last_status.get());
     }
-    worker.give_request_buf(std::mem::take(&mut *cell.request.borrow_mut()));
+    worker.give_request_buf(std::mem::take(&mut *cell.request_mut()));
     let stored = match outcome {
         Driven::Direct(answer) => {
             // Streamed to its only client: nobody else waits (see `must_store`).
@@ -812,7 +827,7 @@ pub fn resume(worker: &Rc<Worker>, row: crate::store::JobRow) {
     });
     let key = id.to_hex();
     let problem = {
-        let mut request = cell.request.borrow_mut();
+        let mut request = cell.request_mut();
         let idempotency = routes.config.idempotency_key.then_some(&key[..]);
         let token = routes.config.token.expose().as_bytes();
         match persist::restore(&row.request, token, idempotency, &mut request) {
@@ -883,7 +898,7 @@ async fn run_resumed(
             }
         }
     };
-    worker.give_request_buf(std::mem::take(&mut *cell.request.borrow_mut()));
+    worker.give_request_buf(std::mem::take(&mut *cell.request_mut()));
     drop(open);
     cell.complete(&stored);
     let record = cell.record.borrow().clone();
@@ -954,11 +969,12 @@ async fn drive(worker: &Rc<Worker>, ctl: &Rc<JobCell>, key: Option<DedupKey>) ->
         .get()
         .map_or(u16::MAX, |e| routes.endpoint(e).metric);
     loop {
+        let wait_from = timers.now();
         // Do not hold the caller when the next slot is certainly too late.
         if ctl.client_waiting.get() {
             let free_at = worker
                 .slots
-                .next_free(limiters, ctl.limiter.get(), timers.now());
+                .next_free(limiters, ctl.limiter.get(), wait_from);
             if free_at > ctl.deadline.get() {
                 ctl.defer_now.set(true);
             }
@@ -969,13 +985,18 @@ async fn drive(worker: &Rc<Worker>, ctl: &Rc<JobCell>, key: Option<DedupKey>) ->
             .get(ctl.limiter.get())
             .copied()
             .unwrap_or(u16::MAX);
-        let wait_from = timers.now();
-        worker
+        let sent_at = worker
             .slots
-            .acquire(limiters, ctl.limiter.get(), timers, metrics, limiter_slot)
+            .acquire(
+                limiters,
+                ctl.limiter.get(),
+                timers,
+                metrics,
+                limiter_slot,
+                wait_from,
+            )
             .await;
         ctl.waiting_for_slot.set(false);
-        let sent_at = timers.now();
         metrics.limiter_waited(limiter_slot, nanos(sent_at.saturating_sub(wait_from)));
         if worker.drain.halted() {
             // Shutting down: no attempt starts any more (the slot taken stays counted, which
@@ -987,12 +1008,9 @@ async fn drive(worker: &Rc<Worker>, ctl: &Rc<JobCell>, key: Option<DedupKey>) ->
         ctl.next_attempt.set(None);
         ctl.publish(worker);
         ctl.record_progress(worker);
-        let result = {
-            // `send_attempt` copies the bytes before its first await: no borrow is held across.
-            let request = ctl.request.borrow();
-            send_attempt(worker, &routes, &request, ctl.method.get())
-        }
-        .await;
+        // A shared view (no copy); no borrow of the cell is held across the await.
+        let request = Rc::clone(&ctl.request.borrow());
+        let result = send_attempt(worker, &routes, request, ctl.method.get()).await;
         let took = nanos(timers.now().saturating_sub(sent_at));
         metrics.attempt(endpoint_slot, attempt_result(&result), took);
         if crate::log::enabled(Target::Jobs, Level::Debug) || ctl.deferred.get() {
@@ -1258,4 +1276,34 @@ fn unix_now() -> u64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_bytes_held_by_a_write_stay_unchanged_while_the_job_refills_its_own() {
+        let cell = JobCell::new(0, 0);
+        cell.request_mut()
+            .extend_from_slice(b"GET /a HTTP/1.1\r\n\r\n");
+        // An attempt's write in flight holds a clone (what `send_attempt` hands the kernel).
+        let in_flight = Rc::clone(&cell.request.borrow());
+        assert!(
+            Rc::ptr_eq(&in_flight, &cell.request.borrow()),
+            "shared, not copied"
+        );
+        // The job is reset and refilled meanwhile (a dropped attempt, the cell reused).
+        cell.request_mut().clear();
+        cell.request_mut()
+            .extend_from_slice(b"GET /b HTTP/1.1\r\n\r\n");
+        assert_eq!(&in_flight[..], b"GET /a HTTP/1.1\r\n\r\n");
+        assert_eq!(&cell.request.borrow()[..], b"GET /b HTTP/1.1\r\n\r\n");
+        // Once the write let go, the cell changes its buffer in place (no new allocation).
+        drop(in_flight);
+        let before = Rc::as_ptr(&cell.request.borrow());
+        cell.request_mut().push(b'!');
+        assert_eq!(Rc::as_ptr(&cell.request.borrow()), before);
+        assert_eq!(&cell.request.borrow()[..], b"GET /b HTTP/1.1\r\n\r\n!");
+    }
 }

@@ -118,8 +118,10 @@ impl SlotQueues {
     }
 
     /// Waits until `limiter` grants a send slot, in FIFO order with the other waiters of this
-    /// core. Dropping the future leaves the queue. A wait is counted in `metrics`' queue depth
-    /// of the limiter's label `slot` while it lasts.
+    /// core, and returns when it was granted on `timers`' clock: `now` (the caller's reading
+    /// of that clock) when a slot is free at once, so the common case reads the clock once.
+    /// Dropping the future leaves the queue. A wait is counted in `metrics`' queue depth of the
+    /// limiter's label `slot` while it lasts.
     pub async fn acquire(
         &self,
         limiters: &Limiters,
@@ -127,7 +129,8 @@ impl SlotQueues {
         timers: &Rc<Timers>,
         metrics: &CoreMetrics,
         slot: u16,
-    ) {
+        now: u64,
+    ) -> u64 {
         let lim = limiters.limiter(limiter);
         // From here on `limiter` is this core's queue of that limiter.
         let limiter = self.ensure(limiters.queue(limiter));
@@ -135,8 +138,8 @@ impl SlotQueues {
         {
             let mut queues = self.queues.borrow_mut();
             let q = &mut queues[limiter];
-            if q.waiting.is_empty() && lim.try_acquire_leased(&mut q.lease, timers.now()).is_ok() {
-                return;
+            if q.waiting.is_empty() && lim.try_acquire_leased(&mut q.lease, now).is_ok() {
+                return now;
             }
         }
         let ticket = {
@@ -172,9 +175,10 @@ impl SlotQueues {
                 Poll::Pending
             })
             .await;
+            let now = timers.now();
             let granted = {
                 let mut queues = self.queues.borrow_mut();
-                lim.try_acquire_leased(&mut queues[limiter].lease, timers.now())
+                lim.try_acquire_leased(&mut queues[limiter].lease, now)
             };
             match granted {
                 Ok(()) => {
@@ -183,7 +187,7 @@ impl SlotQueues {
                     let q = &mut queues[limiter];
                     q.waiting.pop_front();
                     q.wake_front();
-                    return;
+                    return now;
                 }
                 Err(retry_at) => timers.sleep_until(retry_at).await,
             }

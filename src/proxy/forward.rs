@@ -141,28 +141,14 @@ pub struct Answer {
 }
 
 /// Sends `request` (complete upstream request bytes) and reads the response head.
-pub fn send_attempt<'a>(
-    worker: &'a Worker,
-    routes: &'a Routes,
-    request: &[u8],
-    method: Method,
-) -> impl std::future::Future<Output = Result<Answer, ProxyError>> + 'a {
-    // The kernel owns the buffer while a write is in flight, and the job's own bytes must stay
-    // readable meanwhile (a deferral stores them): attempts write a pooled copy, made here,
-    // before the future exists, so the caller's borrow ends at once.
-    let mut out = worker.take_request_buf();
-    out.extend_from_slice(request);
-    async move {
-        let result = send_copy(worker, routes, &mut out, method).await;
-        worker.give_request_buf(out);
-        result
-    }
-}
-
-async fn send_copy(
+///
+/// The kernel reads the bytes straight from the job's shared buffer: the write holds a clone
+/// of the `Rc` (no copy), so the job can still read them (a deferral stores them) and send them
+/// again on a retry.
+pub async fn send_attempt(
     worker: &Worker,
     routes: &Routes,
-    request: &mut Vec<u8>,
+    request: Rc<Vec<u8>>,
     method: Method,
 ) -> Result<Answer, ProxyError> {
     let timeouts = &routes.config.timeouts;
@@ -192,7 +178,7 @@ async fn send_copy(
                 }
             }
         };
-        let sent = flush_keep(&mut upstream, request).await;
+        let sent = send_shared(&mut upstream, &request).await;
         let result = match sent {
             Ok(()) => read_response_head(&worker.timers, routes, &mut upstream, method).await,
             Err(e) => Err(e),
@@ -217,11 +203,10 @@ async fn send_copy(
     }
 }
 
-/// Writes `request` to the upstream without consuming it (the job may send it again).
-async fn flush_keep(upstream: &mut UpstreamConn, request: &mut Vec<u8>) -> Result<(), ProxyError> {
+/// Writes all of `request` to the upstream; the write holds its own clone of the `Rc`.
+async fn send_shared(upstream: &mut UpstreamConn, request: &Rc<Vec<u8>>) -> Result<(), ProxyError> {
     use monoio::io::AsyncWriteRentExt;
-    let (res, buf) = upstream.stream.write_all(std::mem::take(request)).await;
-    *request = buf;
+    let (res, _) = upstream.stream.write_all(Rc::clone(request)).await;
     res.map(|_| ()).map_err(ProxyError::UpstreamIo)
 }
 
@@ -459,7 +444,9 @@ async fn read_response_head(
     upstream: &mut UpstreamConn,
     method: Method,
 ) -> Result<(ResponseHead, Bytes), ProxyError> {
-    let deadline = Instant::now() + routes.config.timeouts.upstream_response;
+    let timeout = routes.config.timeouts.upstream_response;
+    // Set at the first read (the one clock read of the common case: one read, whole head).
+    let mut deadline: Option<Instant> = None;
     let mut seen_any = false;
     loop {
         if !upstream.buf.is_empty() {
@@ -482,7 +469,13 @@ async fn read_response_head(
                 Err(e) => return Err(ProxyError::UpstreamMalformed(e.message())),
             }
         }
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = match deadline {
+            None => {
+                deadline = Some(Instant::now() + timeout);
+                timeout
+            }
+            Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+        };
         if left == Duration::ZERO {
             return Err(ProxyError::UpstreamTimeout);
         }

@@ -212,13 +212,13 @@ async fn serve_requests(worker: &Rc<Worker>, slot: &mut Option<ClientConn>) -> E
             HeadRead::Closed => return End::Close,
             HeadRead::Park(idle) => return End::Park(idle),
             HeadRead::Invalid(e) => {
-                conn.trace.begin(worker.timers.now(), None);
+                conn.trace.begin(&worker.timers, None);
                 let _ = answer_error(conn, e.status(), e.code(), e.message(), false).await;
                 trace::finish(worker, conn, &[]);
                 return End::Linger;
             }
             HeadRead::TimedOut => {
-                conn.trace.begin(worker.timers.now(), None);
+                conn.trace.begin(&worker.timers, None);
                 let _ = answer_error(
                     conn,
                     408,
@@ -231,7 +231,7 @@ async fn serve_requests(worker: &Rc<Worker>, slot: &mut Option<ClientConn>) -> E
                 return End::Linger;
             }
         };
-        conn.trace.begin(worker.timers.now(), Some(&head));
+        conn.trace.begin(&worker.timers, Some(&head));
         conn.head_request = head.method == Method::Head;
         if worker.drain.draining() {
             // Shutting down: this is the connection's last answer (`Connection: close`).
@@ -288,6 +288,7 @@ async fn handle(
     };
     conn.trace.endpoint = u16::try_from(endpoint).ok();
     let settings = routes.endpoint(endpoint);
+    conn.trace.metric = settings.metric;
     if !settings.allows(head.method) {
         return reply_method_not_allowed(conn, &settings.allow, keep_alive_without_body).await;
     }
@@ -636,11 +637,9 @@ async fn read_head(worker: &Worker, conn: &mut ClientConn) -> HeadRead {
         };
         match read {
             Ok(0) => return HeadRead::Closed,
-            Ok(_) => {
-                if header_deadline.is_none() {
-                    header_deadline = Some(Instant::now() + timeouts.client_header);
-                }
-            }
+            // A head that is still incomplete starts the header deadline in the next turn
+            // (the `None` arm above): a complete one costs no clock read.
+            Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut && started => {
                 return HeadRead::TimedOut
             }

@@ -32,6 +32,7 @@ use crate::jobs::registry::JobId;
 use crate::log::access::{AccessRecord, RequestLine};
 use crate::log::AccessLog;
 use crate::server::worker::Worker;
+use crate::timer::Timers;
 
 use super::ClientConn;
 
@@ -57,7 +58,8 @@ pub struct RequestTrace {
     open: bool,
     /// The access-log mode when the request began (a reload applies from the next request).
     access: AccessLog,
-    /// When the request head was complete (worker clock nanoseconds, `Timers::now`).
+    /// When the request head was complete (worker clock nanoseconds, `Timers::now`); read
+    /// only for the access log (0 when it is off: no clock read per request for nothing).
     pub started: u64,
     /// `None` when the head was refused before a request line could be parsed.
     pub line: Option<TraceLine>,
@@ -67,6 +69,9 @@ pub struct RequestTrace {
     pub body_bytes: u64,
     /// The allowlist index the path matched (in the route table of the request).
     pub endpoint: Option<u16>,
+    /// The matched endpoint's label slot in `sluice_requests_total` (from the same table as
+    /// `endpoint`); [`crate::metrics::NO_ENDPOINT`] when none matched.
+    pub metric: u16,
     /// Why sluice answered itself: the JSON error code (`not_found`, `payload_too_large`,
     /// `over_capacity`, ...), `client_closed` or `response_truncated`.
     pub reason: Option<&'static str>,
@@ -79,13 +84,19 @@ pub struct RequestTrace {
 }
 
 impl RequestTrace {
-    /// Starts the record of a new request (`head` is `None` for a refused head), at `now`
-    /// (worker clock nanoseconds).
-    pub fn begin(&mut self, now: u64, head: Option<&RequestHead>) {
+    /// Starts the record of a new request (`head` is `None` for a refused head), now on the
+    /// worker's clock.
+    pub fn begin(&mut self, timers: &Timers, head: Option<&RequestHead>) {
+        let access = crate::log::access_log();
         *self = RequestTrace {
             open: true,
-            access: crate::log::access_log(),
-            started: now,
+            access,
+            started: if access == AccessLog::Off {
+                0
+            } else {
+                timers.now()
+            },
+            metric: crate::metrics::NO_ENDPOINT,
             line: head.map(|h| TraceLine {
                 method: h.method,
                 method_span: h.method_span,
@@ -146,17 +157,7 @@ pub fn finish(worker: &Worker, conn: &mut ClientConn, head_bytes: &[u8]) {
         trace.status = CLIENT_CLOSED;
         trace.reason.get_or_insert("client_closed");
     }
-    // `sluice_requests_total`: the endpoint's label slot from this core's current table (as
-    // for the access log's pattern, a reload in between could name another entry: rare).
-    let slot = match trace.endpoint {
-        Some(i) => worker
-            .routes()
-            .endpoints
-            .get(usize::from(i))
-            .map_or(crate::metrics::NO_ENDPOINT, |e| e.metric),
-        None => crate::metrics::NO_ENDPOINT,
-    };
-    worker.metrics.request(slot, trace.status);
+    worker.metrics.request(trace.metric, trace.status);
     if trace.access != AccessLog::Off {
         access_line(worker, trace.access, trace, &conn.peer_ip, head_bytes);
     }
