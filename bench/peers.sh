@@ -278,7 +278,7 @@ start_layout() { # layout
     ORIGIN_PID=$!
     local common=(-t "$TOKEN" --paths "/crypto/sign,/files/*" --listen 127.0.0.1
         --workers "$workers" --rate-limit 1000000/1s --dedup off --no-persist
-        --upstream-max-idle 1024 --log-level error)
+        --upstream-max-idle 1024 --log-level error,server=info)
     taskset -c "$proxy_cpus" "$SLUICE" "${common[@]}" -p "$SLUICE_PORT" \
         -o "http://127.0.0.1:$ORIGIN_PORT" 2>"$OUT/sluice.err" &
     PIDS+=($!)

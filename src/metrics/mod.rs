@@ -64,6 +64,10 @@ const BUCKETS_MICROS: [u64; 16] = [
 
 // --- Cells ------------------------------------------------------------------------------------
 
+/// Whether the cells count. Always `true` here; `bench/metrics_cost.sh` builds a copy with it
+/// `false` (every counting store compiled out) to measure what counting costs the proxy path.
+pub const COUNTING: bool = true;
+
 /// A counter written by one thread (its shard's worker).
 #[derive(Default)]
 pub struct Counter(AtomicU64);
@@ -76,6 +80,9 @@ impl Counter {
 
     #[inline]
     pub fn add(&self, n: u64) {
+        if !COUNTING {
+            return;
+        }
         // Single writer: a plain load and store, no read-modify-write instruction.
         self.0.store(
             self.0.load(Ordering::Relaxed).wrapping_add(n),
@@ -96,6 +103,9 @@ pub struct Gauge(AtomicI64);
 impl Gauge {
     #[inline]
     pub fn add(&self, d: i64) {
+        if !COUNTING {
+            return;
+        }
         self.0.store(
             self.0.load(Ordering::Relaxed).wrapping_add(d),
             Ordering::Relaxed,
@@ -104,6 +114,9 @@ impl Gauge {
 
     #[inline]
     pub fn set(&self, v: i64) {
+        if !COUNTING {
+            return;
+        }
         self.0.store(v, Ordering::Relaxed);
     }
 
@@ -131,6 +144,9 @@ impl Default for Histogram {
 impl Histogram {
     #[inline]
     pub fn observe(&self, d: Duration) {
+        if !COUNTING {
+            return;
+        }
         let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         let i = BUCKETS_MICROS.partition_point(|&bound| bound < micros);
         self.buckets[i].inc();

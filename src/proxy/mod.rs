@@ -57,8 +57,9 @@ use body::{flush_out, read_more};
 pub const LINGER: Duration = Duration::from_millis(500);
 /// Most bytes drained during a lingering close.
 pub const LINGER_MAX_BYTES: usize = 64 * 1024;
-/// Minimum free space before each head read.
-const HEAD_READ_BYTES: usize = 4 * 1024;
+/// Minimum free space before each head read: a whole client buffer, so a head and a small
+/// body arrive in one read (see [`crate::server::worker::CLIENT_READ_BUF_BYTES`]).
+const HEAD_READ_BYTES: usize = crate::server::worker::CLIENT_READ_BUF_BYTES;
 
 /// One client connection's state.
 pub struct ClientConn {
