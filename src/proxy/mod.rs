@@ -14,12 +14,12 @@
 //! Idle keep-alive connections are cheap: a connection that waited `--client-park-ms` for its next
 //! request gives its read buffer back to the worker's pool and moves to a small task that only
 //! waits for the socket to become readable ([`parked`], under 1 KiB instead of the request
-//! task's ~8 KiB plus a 4 KiB buffer); the next request starts a request task again (two
+//! task's ~8 KiB plus an 8 KiB buffer); the next request starts a request task again (two
 //! allocations and one readiness wait, a few microseconds, only after an idle gap). The read
 //! it was waiting in is cancelled through monoio's `Canceller` and awaited, so a request that
 //! arrived at that moment is kept, never lost. The default 50 ms is far above the gap between requests of
 //! a busy connection (those never park) and far below a client pool's idle time; measured with
-//! `bench/idle_conns.py`: 10,000 idle connections cost about 1.9 KiB each (README).
+//! `bench/idle_conns.py`: 10,000 idle connections cost about 2.9 KiB each (README).
 //!
 //! Decisions written down here:
 //! - After an error answer the connection is closed when the request had a body sluice did not

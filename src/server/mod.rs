@@ -759,7 +759,7 @@ async fn sweep_jobs(worker: Rc<Worker>) {
 /// [`release_memory`]).
 const RELEASE_MEMORY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Connections parked since the last look that make it worth it: each freed a request task
-/// and a read buffer (about 15 KiB).
+/// and a read buffer (about 19 KiB).
 const RELEASE_AFTER_PARKS: u64 = 256;
 
 /// Hands memory freed by parked connections back to the operating system. A burst of
